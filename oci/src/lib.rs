@@ -1,1 +1,3 @@
 //! Images and bundles.
+
+pub mod spec;
