@@ -1,3 +1,9 @@
 //! Images and bundles.
 
+pub mod digest;
+pub mod import;
+pub mod manifest;
+pub mod reference;
+pub mod registry;
 pub mod spec;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Pulling images with the Registry HTTP API v2.
