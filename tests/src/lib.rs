@@ -11,7 +11,9 @@
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
 pub mod ports;
+pub mod prometheus;
 pub mod service;
+pub mod zookeeper;
 
 pub use ports::free_port;
 pub use service::{require_command, require_root, wait_until, Service, ServiceDir};
