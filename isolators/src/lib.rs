@@ -7,6 +7,7 @@
 //! containerizer merges those descriptions and renders them into the OCI spec. Isolators are
 //! chosen by name in the agent config (`cgroups/mem`, `disk/du`, ...).
 
+pub mod disk;
 pub mod isolator;
 
 pub use isolator::{
