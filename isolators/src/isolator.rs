@@ -182,6 +182,14 @@ pub enum IsolatorError {
         container: String,
         problem: String,
     },
+    #[error("{isolator}: {op} of container {container}: {source}")]
+    Cgroup {
+        isolator: &'static str,
+        op: &'static str,
+        container: String,
+        #[source]
+        source: crate::cgroups::CgroupError,
+    },
     #[error("unknown isolator {0:?} (known: {1})")]
     UnknownIsolator(String, String),
     #[error("{isolator}: not supported on this host: {problem}")]

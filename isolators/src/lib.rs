@@ -7,8 +7,10 @@
 //! containerizer merges those descriptions and renders them into the OCI spec. Isolators are
 //! chosen by name in the agent config (`cgroups/mem`, `disk/du`, ...).
 
+pub mod cgroups;
 pub mod disk;
 pub mod isolator;
+pub mod registry;
 
 pub use isolator::{
     ContainerLimits, Isolator, IsolatorError, Limitation, Preparation, RecoveredContainer,
