@@ -1,6 +1,7 @@
 //! Images and bundles.
 
 pub mod digest;
+pub mod extract;
 pub mod import;
 pub mod manifest;
 pub mod reference;
