@@ -6,5 +6,6 @@ pub mod import;
 pub mod manifest;
 pub mod reference;
 pub mod registry;
+pub mod runtime;
 pub mod spec;
 pub mod store;

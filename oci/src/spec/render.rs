@@ -130,8 +130,7 @@ pub fn build_spec(
             "readonly_paths",
             settings.readonly_paths.as_deref(),
             &defaults::READONLY_PATHS,
-        )?)
-        .rootfs_propagation("rprivate");
+        )?);
     if let Some(path) = &settings.cgroups_path {
         linux = linux.cgroups_path(check_cgroups_path(path)?);
     }
