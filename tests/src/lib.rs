@@ -13,6 +13,7 @@
 pub mod ports;
 pub mod prometheus;
 pub mod service;
+pub mod vm;
 pub mod zookeeper;
 
 pub use ports::free_port;
