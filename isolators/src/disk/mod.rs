@@ -58,6 +58,16 @@ pub fn container_dir(
     Ok(work_dir.join(value))
 }
 
+/// The project id of `dir` and whether it passes it on to new children (what `lsattr -p -d`
+/// shows), for operators and tests. `disk/quota` assigns ids only from its configured range.
+///
+/// # Errors
+/// `dir` cannot be opened, or its filesystem has no project attribute (`FS_IOC_FSGETXATTR`).
+pub fn directory_project(dir: &Path) -> std::io::Result<(u32, bool)> {
+    let project = sys::get_project(&std::fs::File::open(dir)?)?;
+    Ok((project.id, project.inherit))
+}
+
 /// The message of a disk limitation, with usage and limit, in the style of the memory one.
 pub(crate) fn limitation_message(used: u64, limit: u64) -> String {
     format!("disk limit exceeded: {used} of {limit} bytes used")

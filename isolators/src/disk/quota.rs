@@ -86,6 +86,10 @@ pub struct QuotaIsolator {
     options: QuotaOptions,
     mount: MountInfo,
     target: QuotaTarget,
+    /// Usage within this many bytes of the limit has reached it: the larger of the page size
+    /// and the filesystem's block size (writes reserve space a page at a time, so ext4 with
+    /// 1 KiB blocks stops up to 3 KiB short of a limit).
+    slack: u64,
     state: Mutex<State>,
 }
 
@@ -186,6 +190,15 @@ impl QuotaIsolator {
                 ))
             })?;
         }
+        let block_size = nix::sys::statvfs::statvfs(&work_dir)
+            .map_err(|e| unsupported(format!("statvfs of {}: {e}", work_dir.display())))?
+            .block_size();
+        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| u64::try_from(p).ok())
+            .unwrap_or(4096);
+        let slack = block_size.max(page_size);
         File::open(&work_dir)
             .and_then(|dir| sys::get_project(&dir))
             .map_err(|e| {
@@ -203,6 +216,7 @@ impl QuotaIsolator {
             options,
             mount,
             target,
+            slack,
         })
     }
 
@@ -431,7 +445,8 @@ impl Isolator for QuotaIsolator {
         }
     }
 
-    /// With `kill_on_exceed`, reports DISK once when the project's usage reaches its limit.
+    /// With `kill_on_exceed`, reports DISK once when the project's usage reaches its limit
+    /// (within a page or block of it).
     fn watch(&self, id: &ContainerId) -> Result<Option<Limitation>, IsolatorError> {
         if !self.options.kill_on_exceed {
             return Ok(None);
@@ -450,7 +465,8 @@ impl Isolator for QuotaIsolator {
             .get(project)
             .map_err(|e| io_error(NAME, "watch", id, e))?
             .used_bytes;
-        if used < limit {
+        // Reached: the next page would not fit.
+        if used.saturating_add(self.slack) <= limit {
             return Ok(None);
         }
         let mut state = self.state();
