@@ -56,7 +56,6 @@ struct Inner {
     locks: PathBuf,
     index: PathBuf,
     keyed: KeyedLocks,
-    counter: AtomicU64,
 }
 
 /// An image in the store, ready for bundle generation and layer extraction.
@@ -111,7 +110,6 @@ impl Store {
             index: root.join("index.json"),
             root,
             keyed: KeyedLocks::default(),
-            counter: AtomicU64::new(0),
         };
         for dir in [&inner.blobs, &inner.tmp, &inner.locks] {
             fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
@@ -184,7 +182,9 @@ impl Store {
     /// # Errors
     /// [`StoreError::Io`] when the temp file cannot be created.
     pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
-        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        // Process-wide, so that several handles on one root never pick the same name.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .inner
             .tmp
