@@ -26,14 +26,87 @@ mod sys;
 mod walk;
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_api::ContainerId;
+use serde::{Deserialize, Serialize};
 
 pub use du::{DuIsolator, DuOptions};
 pub use quota::{QuotaIsolator, QuotaOptions};
 
-use crate::IsolatorError;
+use crate::{Isolator, IsolatorError};
+
+/// The operator's knobs of both disk isolators (`[isolators.disk]` in the agent config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiskConfig {
+    /// Seconds between `watch` polls: `disk/du` walks every sandbox this often, `disk/quota`
+    /// reads quotas this often when `quota_kill_on_exceed` is on (Mesos's
+    /// `--container_disk_watch_interval`, 15 s).
+    pub watch_interval_secs: u64,
+    /// `disk/du`: at most this many sandbox walks at once.
+    pub du_max_concurrent_walks: usize,
+    /// `disk/quota`: the first project id it may assign (Mesos's `--xfs_project_range`).
+    pub project_id_min: u32,
+    /// `disk/quota`: the last project id it may assign.
+    pub project_id_max: u32,
+    /// `disk/quota`: also report a DISK limitation, so the container is killed, when its usage
+    /// reaches the limit (writes beyond it fail either way).
+    pub quota_kill_on_exceed: bool,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        let du = DuOptions::default();
+        let quota = QuotaOptions::default();
+        Self {
+            watch_interval_secs: du.interval.as_secs(),
+            du_max_concurrent_walks: du.max_concurrent_walks,
+            project_id_min: *quota.project_ids.start(),
+            project_id_max: *quota.project_ids.end(),
+            quota_kill_on_exceed: quota.kill_on_exceed,
+        }
+    }
+}
+
+impl DiskConfig {
+    pub fn du_options(&self) -> DuOptions {
+        DuOptions {
+            interval: Duration::from_secs(self.watch_interval_secs.max(1)),
+            max_concurrent_walks: self.du_max_concurrent_walks.max(1),
+        }
+    }
+
+    pub fn quota_options(&self) -> QuotaOptions {
+        QuotaOptions {
+            project_ids: self.project_id_min..=self.project_id_max,
+            kill_on_exceed: self.quota_kill_on_exceed,
+            watch_interval: Duration::from_secs(self.watch_interval_secs.max(1)),
+        }
+    }
+}
+
+/// Builds `disk/du` for the sandboxes under `work_dir` (for the registry).
+///
+/// # Errors
+/// None today; the signature matches the registry's builders.
+pub fn build_du(work_dir: &Path, config: &DiskConfig) -> Result<Box<dyn Isolator>, IsolatorError> {
+    Ok(Box::new(DuIsolator::new(work_dir, config.du_options())))
+}
+
+/// Builds `disk/quota` for the sandboxes under `work_dir` (for the registry).
+///
+/// # Errors
+/// [`IsolatorError::Unsupported`] when `work_dir`'s filesystem cannot enforce project quotas.
+pub fn build_quota(
+    work_dir: &Path,
+    config: &DiskConfig,
+) -> Result<Box<dyn Isolator>, IsolatorError> {
+    Ok(Box::new(QuotaIsolator::new(
+        work_dir,
+        config.quota_options(),
+    )?))
+}
 
 /// The sandbox of container `id` under `work_dir`. Rejects ids that are not a single plain
 /// path component (empty, `.`, `..`, or containing `/` or NUL), which could escape `work_dir`.
@@ -106,6 +179,19 @@ pub(crate) fn unknown(isolator: &'static str, op: &'static str, id: &ContainerId
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_defaults_match_mesos_and_parse_from_toml_shaped_json() {
+        let config = DiskConfig::default();
+        assert_eq!(config.du_options(), DuOptions::default());
+        assert_eq!(config.quota_options(), QuotaOptions::default());
+        let config: DiskConfig =
+            serde_json::from_str(r#"{"watch_interval_secs": 5, "quota_kill_on_exceed": true}"#)
+                .unwrap();
+        assert_eq!(config.du_options().interval, Duration::from_secs(5));
+        assert!(config.quota_options().kill_on_exceed);
+        assert_eq!(config.quota_options().project_ids, 5000..=10000);
+    }
 
     #[test]
     fn container_dirs_stay_under_the_work_dir() {
