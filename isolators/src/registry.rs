@@ -89,6 +89,12 @@ pub const KNOWN: &[(&str, Builder)] = &[
         )
     }),
     ("cgroups/io", |cx| cgroup(cx, Box::new(Io))),
+    ("disk/du", |cx| {
+        crate::disk::build_du(&cx.config.work_dir, &Default::default())
+    }),
+    ("disk/quota", |cx| {
+        crate::disk::build_quota(&cx.config.work_dir, &Default::default())
+    }),
 ];
 
 /// The known isolator names, in registry order.
