@@ -219,7 +219,6 @@ pub(crate) fn create_file(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<Fi
 }
 
 /// Opens an existing regular file for reading without following a symlink.
-#[allow(dead_code)] // for the rootfs copy fallback
 pub(crate) fn open_file_read(path: &Path) -> io::Result<File> {
     let fd = rfs::openat(
         CWD,
@@ -427,14 +426,7 @@ pub(crate) fn make_hardlink(
     )?)
 }
 
-/// Whether a stat result is an overlayfs whiteout.
-#[allow(dead_code)] // for the rootfs copy fallback
-pub(crate) fn is_whiteout(st: &Stat) -> bool {
-    file_type(st) == FileType::CharacterDevice && st.st_rdev == 0
-}
-
 /// The xattrs of `path` (not following a symlink), values included.
-#[allow(dead_code)] // for the rootfs copy fallback
 pub(crate) fn read_xattrs(path: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
     let mut names = vec![0u8; 4096];
     let len = match rfs::llistxattr(path, &mut names[..]) {

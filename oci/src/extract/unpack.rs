@@ -87,6 +87,8 @@ impl Unpacker<'_> {
             // `./` or `/`: the root directory itself.
             if kind == EntryType::Directory {
                 let root = self.tree.root();
+                let root = fsops::open_dir_read(root.as_fd(), OsStr::new("."))
+                    .map_err(io_err(&name, "open"))?;
                 fsops::apply_dir_early(root.as_fd(), &meta, self.how)
                     .map_err(io_err(&name, "set metadata of"))?;
                 self.dirs.push((Vec::new(), meta));

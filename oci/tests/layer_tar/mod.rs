@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
@@ -268,4 +268,65 @@ fn walk(root: &Path, dir: &Path, skip: &[&Path], out: &mut BTreeMap<PathBuf, Nod
 /// Whether the process may create devices, chown and set `trusted.` xattrs.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// Three layers: replace, delete, opaque directory, delete-then-recreate.
+pub fn whiteout_layers() -> [Vec<u8>; 3] {
+    let mut l1 = Layer::new();
+    l1.dir("etc")
+        .file("etc/passwd", b"root:1\n")
+        .dir("opt")
+        .dir("opt/keep")
+        .file("opt/keep/x", b"x")
+        .file("opt/y", b"y")
+        .dir("usr")
+        .dir("usr/lib")
+        .file("usr/lib/a", b"a1")
+        .file("usr/lib/b", b"b1")
+        .dir("data")
+        .file("data/old", b"old")
+        .file("gone", b"gone")
+        .dir_mode("tmp", 0o1777);
+    let mut l2 = Layer::new();
+    l2.dir("etc")
+        .file("etc/passwd", b"root:2\n")
+        .dir("opt")
+        .opaque("opt")
+        .file("opt/new", b"new")
+        .dir("usr")
+        .dir("usr/lib")
+        .whiteout("usr/lib/a")
+        .file("data", b"data is a file now")
+        .whiteout("gone");
+    let mut l3 = Layer::new();
+    l3.dir("usr")
+        .dir("usr/lib")
+        .file("usr/lib/a", b"a3")
+        .whiteout("data")
+        // A whiteout for a file this same layer adds: the file stays (image-spec layer.md).
+        .file("etc-new", b"kept")
+        .whiteout("etc-new");
+    [l1.tar(), l2.tar(), l3.tar()]
+}
+
+/// The merged view of [`whiteout_layers`].
+pub fn check_merged(root: &Path) {
+    let read = |p: &str| fs::read(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let absent = |p: &str| {
+        assert!(
+            fs::symlink_metadata(root.join(p)).is_err(),
+            "{p} should be gone"
+        )
+    };
+    assert_eq!(read("etc/passwd"), b"root:2\n");
+    assert_eq!(read("opt/new"), b"new");
+    absent("opt/keep");
+    absent("opt/y");
+    assert_eq!(read("usr/lib/a"), b"a3");
+    assert_eq!(read("usr/lib/b"), b"b1");
+    absent("data");
+    absent("gone");
+    assert_eq!(read("etc-new"), b"kept");
+    let tmp = fs::metadata(root.join("tmp")).expect("tmp");
+    assert_eq!(tmp.permissions().mode() & 0o7777, 0o1777);
 }
