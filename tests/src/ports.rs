@@ -12,7 +12,10 @@ static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 pub fn free_port() -> u16 {
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port");
-        let port = listener.local_addr().expect("local address of a bound socket").port();
+        let port = listener
+            .local_addr()
+            .expect("local address of a bound socket")
+            .port();
         let mut seen = HANDED_OUT.lock().expect("free port registry lock poisoned");
         if seen.get_or_insert_with(HashSet::new).insert(port) {
             return port;

@@ -21,14 +21,17 @@ impl ServiceDir {
     /// Creates a fresh directory named after `name` under the system temp dir
     /// (`CAIRN_TEST_TMP` overrides the parent).
     pub fn new(name: &str) -> Self {
-        let parent = std::env::var_os("CAIRN_TEST_TMP")
-            .map_or_else(std::env::temp_dir, PathBuf::from);
+        let parent =
+            std::env::var_os("CAIRN_TEST_TMP").map_or_else(std::env::temp_dir, PathBuf::from);
         fs::create_dir_all(&parent).expect("create test temp parent");
         let dir = tempfile::Builder::new()
             .prefix(&format!("cairn-{name}-"))
             .tempdir_in(&parent)
             .expect("create service directory");
-        Self { path: dir.keep(), keep: false }
+        Self {
+            path: dir.keep(),
+            keep: false,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -68,7 +71,11 @@ impl Service {
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn()?;
-        Ok(Self { name: name.to_string(), child: Some(child), log })
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -86,7 +93,9 @@ impl Service {
 
     /// The log so far (lossy UTF-8), for assertions and failure messages.
     pub fn log(&self) -> String {
-        fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Whether the process is still running.
@@ -109,7 +118,9 @@ impl Service {
 
     /// Stops the process: SIGTERM, then SIGKILL after `grace`; reaps it.
     pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if matches!(child.try_wait(), Ok(None)) {
             let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
             let _ = kill(pid, Signal::SIGTERM);
@@ -172,8 +183,11 @@ pub fn require_root(test: &str) -> bool {
 /// True when `program` is on PATH; otherwise skips `test` (`scripts/setup` installs every
 /// program the tests use).
 pub fn require_command(test: &str, program: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    });
-    found || skip(test, &format!("{program} is not installed (run scripts/setup)"))
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()));
+    found
+        || skip(
+            test,
+            &format!("{program} is not installed (run scripts/setup)"),
+        )
 }
