@@ -263,3 +263,54 @@ fn busybox_multi_image_rootfs_needs_root() {
         "overlay and copy of the busybox image differ"
     );
 }
+
+#[test]
+fn a_lower_symlink_under_an_upper_directory_is_replaced_not_followed_needs_root() {
+    if skip_unless_root("symlink replaced by a directory") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sentinel = tmp.path().join("sentinel");
+    fs::create_dir(&sentinel).expect("mkdir");
+    fs::write(sentinel.join("keep"), "sentinel").expect("write");
+    let before = snapshot(&sentinel, &[]);
+    let cache = LayerCache::new(tmp.path().join("store"));
+    let mut l1 = layer_tar::Layer::new();
+    l1.symlink("evil", sentinel.to_str().expect("utf-8 temp path"));
+    let mut l2 = layer_tar::Layer::new();
+    l2.file("evil/passwd", b"inside")
+        .file("evil/keep", b"inside too");
+    let layers: Vec<PathBuf> = [l1.tar(), l2.tar()]
+        .iter()
+        .enumerate()
+        .map(|(i, tar)| {
+            let blob = tmp.path().join(format!("blob{i}"));
+            fs::write(&blob, tar).expect("write blob");
+            let digest = format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(tar))
+            );
+            cache.extract(&blob, TAR, &digest).expect("extract")
+        })
+        .collect();
+    for (i, mode) in [RootfsMode::Overlay, RootfsMode::Copy]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tmp.path().join(format!("c{i}"));
+        let _g = UnmountGuard(dir.join("rootfs"));
+        let rootfs = assemble(&layers, &dir, mode, false);
+        let evil = rootfs.path().join("evil");
+        assert!(
+            fs::symlink_metadata(&evil).expect("evil").is_dir(),
+            "{mode:?}"
+        );
+        assert_eq!(fs::read(evil.join("keep")).expect("read"), b"inside too");
+        rootfs.destroy().expect("teardown");
+        assert_eq!(
+            snapshot(&sentinel, &[]),
+            before,
+            "{mode:?}: sentinel changed"
+        );
+    }
+}
