@@ -10,8 +10,11 @@
 //! get a green unit-test run, while CI (root, everything installed by `scripts/setup`) runs all.
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
+pub mod images;
+pub mod netns;
 pub mod ports;
 pub mod prometheus;
+pub mod registry;
 pub mod service;
 pub mod vm;
 pub mod zookeeper;
