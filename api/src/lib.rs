@@ -6,9 +6,11 @@
 //! frameworks and tools unchanged.
 
 pub mod ids;
+pub mod protocol;
 pub mod recordio;
 pub mod resources;
 pub mod task_state;
+pub mod v1;
 
 pub use ids::{AgentId, ContainerId, FrameworkId, OfferId, TaskId};
 pub use resources::{Range, Resource, ResourceError, Resources};
