@@ -38,8 +38,10 @@ fn main() {
         ..ContainerLimits::default()
     };
     println!("cgroup backend: {:?}", backend.version());
-    println!("| containers | rounds | usage, all containers (median) | per container | + OOM watch per container |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| containers | rounds | usage, all containers (median) | per container | cpu | mem | pids | io | OOM watch |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ids: Vec<ContainerId> = Vec::new();
     for size in SIZES {
         while ids.len() < size {
@@ -51,7 +53,8 @@ fn main() {
         }
         let rounds = if size >= 1000 { 20 } else { 200 };
         let mut usage = Vec::with_capacity(rounds);
-        let mut watch = Vec::with_capacity(rounds);
+        // Per isolator, then the OOM watch, each over all containers.
+        let mut parts: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); isolators.len() + 1];
         for _ in 0..rounds {
             let started = Instant::now();
             for id in &ids {
@@ -62,22 +65,31 @@ fn main() {
                 std::hint::black_box(&stats);
             }
             usage.push(started.elapsed());
+            for (i, isolator) in isolators.iter().enumerate() {
+                let started = Instant::now();
+                for id in &ids {
+                    std::hint::black_box(isolator.usage(id).unwrap());
+                }
+                parts[i].push(started.elapsed());
+            }
             let started = Instant::now();
             for id in &ids {
                 std::hint::black_box(isolators[1].watch(id).unwrap());
             }
-            watch.push(started.elapsed());
+            parts[isolators.len()].push(started.elapsed());
         }
         let median = |v: &mut Vec<Duration>| {
             v.sort();
             v[v.len() / 2]
         };
-        let (u, w) = (median(&mut usage), median(&mut watch));
+        let u = median(&mut usage);
+        let per = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6 / size as f64);
+        let cols: Vec<String> = parts.iter_mut().map(|p| per(median(p))).collect();
         println!(
-            "| {size} | {rounds} | {:.3} ms | {:.1} µs | {:.1} µs |",
+            "| {size} | {rounds} | {:.3} ms | {} | {} |",
             u.as_secs_f64() * 1e3,
-            u.as_secs_f64() * 1e6 / size as f64,
-            w.as_secs_f64() * 1e6 / size as f64,
+            per(u),
+            cols.join(" | ")
         );
     }
     for id in &ids {
