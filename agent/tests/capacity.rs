@@ -5,16 +5,16 @@ use std::fs;
 use cairn_agent::capacity::{measure, Reservation};
 
 fn proc_mem_total() -> u64 {
-    let text = fs::read_to_string("/proc/meminfo").unwrap();
+    let text = fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
     let kb: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
-        .unwrap()
+        .expect("MemTotal in /proc/meminfo")
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .unwrap();
+        .expect("MemTotal is a number of kB");
     kb * 1024
 }
 
