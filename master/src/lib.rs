@@ -5,5 +5,6 @@
 //! This first slice holds the registry and its standalone, on-disk store ([`registry`]);
 //! the agent and framework managers, the allocator and the APIs follow (issue 6).
 
+pub mod allocator;
 pub mod durable;
 pub mod registry;
