@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// The Cairn agent: runs tasks as OCI containers on this node.
 #[derive(Debug, Parser)]
@@ -17,10 +17,28 @@ struct Args {
     /// then exit.
     #[arg(long)]
     print_capacity: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one task through the containerizer in the foreground, printing its states; the
+    /// exit code is the task's.
+    Launch(cairn_agent::launch::LaunchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Launch(launch)) = &args.command {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+        let code = cairn_agent::launch::run(launch)?;
+        std::process::exit(code);
+    }
     if args.print_capacity {
         let cap = cairn_agent::capacity::measure(&args.work_dir)
             .context("measuring the node's capacity")?;
@@ -29,5 +47,5 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    anyhow::bail!("the agent daemon is not implemented yet; try --print-capacity")
+    anyhow::bail!("the agent daemon is not implemented yet; try --print-capacity or launch")
 }

@@ -1,0 +1,787 @@
+//! The containerizer: runs each task in a container and drives it through
+//! [`ContainerState`]: provisioning (image, layers, root filesystem), preparing (isolators,
+//! bundle), isolating (the supervisor creates the init, isolators place it), running, and
+//! destroying (kill with grace, reap, isolator cleanup in reverse, root filesystem teardown).
+//!
+//! It is synchronous: [`Containerizer::launch`] blocks until the task runs or failed (call it
+//! from a blocking thread), and one monitor thread notices exits (the supervisors' exit files)
+//! and limitations (isolator `watch`). Every state is checkpointed before it is acted on
+//! ([`crate::checkpoint`]), so [`Containerizer::start`] can recover after the agent died:
+//! containers keep running under their supervisors meanwhile.
+
+pub mod bundle;
+pub mod provision;
+mod recover;
+pub mod state;
+mod supervise;
+pub mod types;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cairn_api::{ContainerId, Reason, TaskId, TaskState};
+use cairn_isolators::cgroups::CgroupsConfig;
+use cairn_isolators::registry::IsolatorsConfig;
+use cairn_isolators::{Isolator, Limitation, Preparation, ResourceStatistics};
+use cairn_oci::extract::LayerCache;
+use cairn_oci::registry::RegistryConfig;
+use cairn_oci::rootfs::RootfsMode;
+use cairn_oci::runtime::{Runtime, RuntimeConfig, RuntimeError};
+use cairn_oci::store::Store;
+use nix::sys::signal::Signal;
+
+use crate::checkpoint::{self, ContainerCheckpoint, ExitRecord, ExitStatus, Layout, ProcessRef};
+use crate::supervisor::SupervisorConfig;
+pub use recover::Recovery;
+pub use state::ContainerState;
+pub use types::{
+    ContainerizerError, Event, LaunchRequest, TaskCommand, Termination, DEFAULT_KILL_GRACE,
+};
+
+/// How the containerizer is set up.
+#[derive(Debug, Clone)]
+pub struct ContainerizerConfig {
+    /// The agent's work directory (see [`crate::checkpoint`] for its layout).
+    pub work_dir: PathBuf,
+    /// Isolators by name, in preparation order (`cgroups/cpu`, `cgroups/mem`, ...).
+    pub isolation: Vec<String>,
+    /// Where container cgroups go.
+    pub cgroups: CgroupsConfig,
+    /// The `cairn-supervisor` binary.
+    pub supervisor: PathBuf,
+    /// Registry settings for pulls; `None` runs only images already in the local store.
+    pub registry: Option<RegistryConfig>,
+    /// How root filesystems are assembled.
+    pub rootfs_mode: RootfsMode,
+    /// How often the monitor looks for exits.
+    pub poll_interval: Duration,
+    /// Rotate a sandbox log beyond this many bytes.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept per stream.
+    pub log_max_files: u32,
+}
+
+impl ContainerizerConfig {
+    /// Defaults for `work_dir`: `cgroups/cpu`, `cgroups/mem`, `cgroups/pids`; the supervisor
+    /// next to the running binary; no pulls.
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        let supervisor = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("cairn-supervisor")))
+            .unwrap_or_else(|| PathBuf::from("cairn-supervisor"));
+        Self {
+            work_dir: work_dir.into(),
+            isolation: vec![
+                "cgroups/cpu".into(),
+                "cgroups/mem".into(),
+                "cgroups/pids".into(),
+            ],
+            cgroups: CgroupsConfig::default(),
+            supervisor,
+            registry: None,
+            rootfs_mode: RootfsMode::Auto,
+            poll_interval: Duration::from_millis(50),
+            log_max_bytes: 10 * 1024 * 1024,
+            log_max_files: 2,
+        }
+    }
+}
+
+/// One container as the containerizer tracks it.
+#[derive(Debug)]
+struct Entry {
+    record: ContainerCheckpoint,
+    /// A limitation seen by `watch`, which decides the task's end.
+    limitation: Option<Limitation>,
+    last_watch: Instant,
+    /// The monitor or a destroy owns it now.
+    destroying: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ContainerizerConfig,
+    layout: Layout,
+    isolators: Vec<Box<dyn Isolator>>,
+    store: Store,
+    layers: LayerCache,
+    runtime: Runtime,
+    containers: Mutex<HashMap<ContainerId, Entry>>,
+    changed: Condvar,
+    listeners: Mutex<Vec<mpsc::Sender<Event>>>,
+    stop: AtomicBool,
+}
+
+/// Runs tasks in containers; see the module docs. Dropping it stops monitoring and leaves
+/// every container running under its supervisor (as an agent restart does).
+#[derive(Debug)]
+pub struct Containerizer {
+    inner: Arc<Inner>,
+    monitor: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ContainerizerError {
+    let path = path.to_path_buf();
+    move |source| ContainerizerError::Io { op, path, source }
+}
+
+/// A fresh container id: 16 random hex digits.
+fn new_container_id() -> ContainerId {
+    let mut bytes = [0u8; 8];
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos as u64 ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    ContainerId::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// The container's cgroup when no isolator names one: `<parent>/<id>`, the parent relative
+/// to our own cgroup unless absolute (as the cgroup isolators place theirs).
+fn default_cgroup(config: &CgroupsConfig, id: &ContainerId) -> PathBuf {
+    let parent = if config.parent.starts_with('/') {
+        PathBuf::from(&config.parent)
+    } else {
+        cairn_oci::runtime::own_cgroup("memory")
+            .or_else(|| cairn_oci::runtime::own_cgroup(""))
+            .unwrap_or_else(|| PathBuf::from("/"))
+            .join(&config.parent)
+    };
+    parent.join(id.as_str())
+}
+
+impl Containerizer {
+    /// Builds the isolators, opens the image store, recovers the containers checkpointed
+    /// under the work directory, and starts monitoring.
+    ///
+    /// # Errors
+    /// Unknown isolators, a store or work directory that cannot be opened, or isolators that
+    /// cannot recover. A corrupt container checkpoint is not an error: that container is
+    /// quarantined and listed in [`Recovery::quarantined`].
+    pub fn start(config: ContainerizerConfig) -> Result<(Self, Recovery), ContainerizerError> {
+        let layout = Layout::new(&config.work_dir);
+        for dir in [
+            layout.containers_meta(),
+            layout.sandboxes(),
+            layout.bundles(),
+            layout.images(),
+        ] {
+            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        }
+        let isolators = cairn_isolators::registry::build(
+            &config.isolation,
+            &IsolatorsConfig {
+                cgroups: config.cgroups.clone(),
+                work_dir: layout.sandboxes(),
+            },
+        )?;
+        let store = Store::open(layout.images())?;
+        let runtime = Runtime::new(RuntimeConfig {
+            state_root: layout.runtime(),
+            cgroup_parent: PathBuf::from("/"),
+        })?;
+        let inner = Arc::new(Inner {
+            layers: LayerCache::new(layout.images()),
+            config,
+            layout,
+            isolators,
+            store,
+            runtime,
+            containers: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+            listeners: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let recovery = recover::recover(&inner)?;
+        let weak = Arc::downgrade(&inner);
+        let interval = inner.config.poll_interval;
+        let monitor = std::thread::Builder::new()
+            .name("containerizer-monitor".into())
+            .spawn(move || monitor(&weak, interval))
+            .map_err(io_err("spawn monitor thread", Path::new("-")))?;
+        Ok((
+            Self {
+                inner,
+                monitor: Some(monitor),
+            },
+            recovery,
+        ))
+    }
+
+    /// The layout of the work directory.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// The image store (for imports).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Events from now on: container states and task statuses.
+    pub fn subscribe(&self) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.inner.listeners).push(tx);
+        rx
+    }
+
+    /// Launches `request`'s task in a new container; blocks until it runs or has failed (its
+    /// [`Termination`] is then ready). Returns the container's id.
+    pub fn launch(&self, request: &LaunchRequest) -> ContainerId {
+        let id = new_container_id();
+        self.inner.launch(&id, request);
+        id
+    }
+
+    /// Kills the container: SIGTERM to its init, SIGKILL after `grace` if it still runs. Its
+    /// task ends `TASK_KILLED`. Returns at once; [`Containerizer::wait`] for the end.
+    ///
+    /// # Errors
+    /// [`ContainerizerError::Unknown`].
+    pub fn kill(&self, id: &ContainerId, grace: Duration) -> Result<(), ContainerizerError> {
+        self.inner.kill(id, grace)
+    }
+
+    /// Blocks until the container's task ended; returns how.
+    ///
+    /// # Errors
+    /// [`ContainerizerError::Unknown`].
+    pub fn wait(&self, id: &ContainerId) -> Result<Termination, ContainerizerError> {
+        let mut containers = lock(&self.inner.containers);
+        loop {
+            let entry = containers
+                .get(id)
+                .ok_or_else(|| ContainerizerError::Unknown(id.clone()))?;
+            if let Some(t) = &entry.record.termination {
+                return Ok(t.clone());
+            }
+            containers = self
+                .inner
+                .changed
+                .wait(containers)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// How the container's task ended, if it did.
+    pub fn termination(&self, id: &ContainerId) -> Option<Termination> {
+        lock(&self.inner.containers)
+            .get(id)
+            .and_then(|e| e.record.termination.clone())
+    }
+
+    /// The container's checkpointed record (state, pids, cgroup, paths).
+    pub fn record(&self, id: &ContainerId) -> Option<ContainerCheckpoint> {
+        lock(&self.inner.containers)
+            .get(id)
+            .map(|e| e.record.clone())
+    }
+
+    /// The containers known, running or ended.
+    pub fn containers(&self) -> Vec<ContainerId> {
+        lock(&self.inner.containers).keys().cloned().collect()
+    }
+
+    /// The container's usage, merged from every isolator.
+    ///
+    /// # Errors
+    /// [`ContainerizerError::Unknown`] or an isolator's error.
+    pub fn usage(&self, id: &ContainerId) -> Result<ResourceStatistics, ContainerizerError> {
+        if !lock(&self.inner.containers).contains_key(id) {
+            return Err(ContainerizerError::Unknown(id.clone()));
+        }
+        let mut stats = ResourceStatistics::default();
+        for iso in &self.inner.isolators {
+            stats.merge(&iso.usage(id)?);
+        }
+        Ok(stats)
+    }
+
+    /// Forgets an ended container: removes its checkpoint (call once its terminal status is
+    /// acknowledged). Its sandbox stays for the operator (garbage collected separately).
+    ///
+    /// # Errors
+    /// [`ContainerizerError::Unknown`] for a running or unknown container.
+    pub fn forget(&self, id: &ContainerId) -> Result<(), ContainerizerError> {
+        let mut containers = lock(&self.inner.containers);
+        match containers.get(id) {
+            Some(e) if e.record.termination.is_some() => {}
+            _ => return Err(ContainerizerError::Unknown(id.clone())),
+        }
+        containers.remove(id);
+        let dir = self.inner.layout.container_meta(id);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &dir)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Containerizer {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.monitor.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Inner {
+    fn emit(&self, event: &Event) {
+        lock(&self.listeners).retain(|tx| tx.send(event.clone()).is_ok());
+    }
+
+    fn emit_task(&self, id: &ContainerId, task: &TaskId, t: &Termination) {
+        self.emit(&Event::Task {
+            container: id.clone(),
+            task: task.clone(),
+            state: t.state,
+            reason: t.reason,
+            message: t.message.clone(),
+        });
+    }
+
+    /// Changes the record under the lock and checkpoints it.
+    fn update(
+        &self,
+        id: &ContainerId,
+        f: impl FnOnce(&mut ContainerCheckpoint),
+    ) -> Option<ContainerCheckpoint> {
+        let record = {
+            let mut containers = lock(&self.containers);
+            let entry = containers.get_mut(id)?;
+            f(&mut entry.record);
+            entry.record.clone()
+        };
+        if let Err(e) = checkpoint::write(&self.layout.container_file(id), &record) {
+            tracing::error!(container = %id, error = %e, "checkpoint failed");
+        }
+        self.changed.notify_all();
+        Some(record)
+    }
+
+    /// Moves the container to `next` if the state machine allows it.
+    fn transition(&self, id: &ContainerId, next: ContainerState) -> bool {
+        let mut allowed = false;
+        let record = self.update(id, |r| {
+            allowed = r.state.can_become(next);
+            if allowed {
+                r.state = next;
+            }
+        });
+        if let (true, Some(r)) = (allowed, record) {
+            self.emit(&Event::Container {
+                container: id.clone(),
+                task: r.task_id,
+                state: next,
+            });
+        }
+        allowed
+    }
+
+    fn launch(&self, id: &ContainerId, request: &LaunchRequest) {
+        let record = ContainerCheckpoint {
+            version: checkpoint::VERSION,
+            container_id: id.clone(),
+            task_id: request.task_id.clone(),
+            state: ContainerState::Provisioning,
+            limits: request.limits(),
+            image: request.image.clone(),
+            cgroup: None,
+            bundle: self.layout.bundle(id),
+            sandbox: self.layout.sandbox(id),
+            supervisor: None,
+            init: None,
+            kill_requested: false,
+            termination: None,
+        };
+        lock(&self.containers).insert(
+            id.clone(),
+            Entry {
+                record: record.clone(),
+                limitation: None,
+                last_watch: Instant::now(),
+                destroying: false,
+            },
+        );
+        self.update(id, |_| {});
+        self.emit(&Event::Container {
+            container: id.clone(),
+            task: request.task_id.clone(),
+            state: ContainerState::Provisioning,
+        });
+        self.emit(&Event::Task {
+            container: id.clone(),
+            task: request.task_id.clone(),
+            state: TaskState::Starting,
+            reason: None,
+            message: String::new(),
+        });
+        match self.run_launch(id, request, &record) {
+            Ok(()) => {
+                let killed = lock(&self.containers)
+                    .get(id)
+                    .is_some_and(|e| e.record.kill_requested);
+                if killed {
+                    self.signal(id, Signal::SIGKILL);
+                }
+            }
+            Err(t) => self.destroy(id, t),
+        }
+    }
+
+    fn run_launch(
+        &self,
+        id: &ContainerId,
+        request: &LaunchRequest,
+        record: &ContainerCheckpoint,
+    ) -> Result<(), Termination> {
+        let sandbox = &record.sandbox;
+        fs::create_dir_all(sandbox).map_err(|e| {
+            Termination::launch_failed(format!("create sandbox {}: {e}", sandbox.display()))
+        })?;
+        // Provisioning.
+        let (image_config, rootfs) = match &request.image {
+            Some(reference) => {
+                let image =
+                    provision::image(&self.store, self.config.registry.as_ref(), reference)?;
+                let rootfs = provision::rootfs(
+                    &self.layers,
+                    &image,
+                    &record.bundle,
+                    self.config.rootfs_mode,
+                )?;
+                (Some(image.config), rootfs)
+            }
+            None => (None, provision::host_rootfs(&record.bundle)?),
+        };
+        // Preparing: every isolator; destroy cleans all of them up whatever happens here.
+        self.transition(id, ContainerState::Preparing);
+        let mut preparation = Preparation::default();
+        for iso in &self.isolators {
+            let prepared = iso.prepare(id, &record.limits).map_err(|e| {
+                Termination::launch_failed(format!("cannot prepare {}: {e}", iso.name()))
+            })?;
+            preparation.merge(prepared);
+        }
+        let cgroup = preparation
+            .cgroup_path
+            .clone()
+            .map_or_else(|| default_cgroup(&self.config.cgroups, id), PathBuf::from);
+        self.update(id, |r| r.cgroup = Some(cgroup.clone()));
+        bundle::render(&bundle::BundleInput {
+            id,
+            task_id: &request.task_id,
+            image: image_config.as_ref(),
+            rootfs: &rootfs,
+            bundle: &record.bundle,
+            command: request.command.as_ref(),
+            sandbox,
+            limits: &record.limits,
+            env: &request.env,
+            preparation: &preparation,
+            cgroup: &cgroup,
+        })?;
+        // Isolating: the supervisor creates the init; isolators place it before it runs.
+        self.transition(id, ContainerState::Isolating);
+        let supervisor_config = SupervisorConfig {
+            version: checkpoint::VERSION,
+            container_id: id.clone(),
+            bundle: record.bundle.clone(),
+            state_root: self.layout.runtime(),
+            cgroup_parent: cgroup
+                .parent()
+                .map_or_else(|| "/".into(), Path::to_path_buf),
+            stdout: sandbox.join("stdout"),
+            stderr: sandbox.join("stderr"),
+            exit_file: self.layout.exit_file(id),
+            log_max_bytes: self.config.log_max_bytes,
+            log_max_files: self.config.log_max_files,
+        };
+        let pending = supervise::spawn(
+            &self.config.supervisor,
+            &self.layout.supervisor_file(id),
+            &supervisor_config,
+            &sandbox.join("supervisor.log"),
+        )
+        .map_err(|m| Termination::launch_failed(format!("cannot create the container: {m}")))?;
+        self.update(id, |r| {
+            r.supervisor = pending.supervisor;
+            r.init = Some(pending.init);
+        });
+        for iso in &self.isolators {
+            if let Err(e) = iso.isolate(id, pending.init.pid) {
+                pending.abort();
+                return Err(Termination::launch_failed(format!(
+                    "cannot isolate with {}: {e}",
+                    iso.name()
+                )));
+            }
+        }
+        pending
+            .start()
+            .map_err(|m| Termination::launch_failed(format!("cannot start the container: {m}")))?;
+        self.transition(id, ContainerState::Running);
+        self.emit(&Event::Task {
+            container: id.clone(),
+            task: request.task_id.clone(),
+            state: TaskState::Running,
+            reason: None,
+            message: String::new(),
+        });
+        Ok(())
+    }
+
+    /// Sends `signal` to the container's init if it is still that process.
+    fn signal(&self, id: &ContainerId, signal: Signal) {
+        let init = lock(&self.containers).get(id).and_then(|e| e.record.init);
+        if let Some(init) = init.filter(ProcessRef::is_alive) {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(init.pid).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+
+    fn kill(self: &Arc<Self>, id: &ContainerId, grace: Duration) -> Result<(), ContainerizerError> {
+        let state = lock(&self.containers)
+            .get(id)
+            .map(|e| (e.record.state, e.record.termination.is_some()))
+            .ok_or_else(|| ContainerizerError::Unknown(id.clone()))?;
+        if state.1 {
+            return Ok(());
+        }
+        self.update(id, |r| r.kill_requested = true);
+        self.emit(&Event::Task {
+            container: id.clone(),
+            task: lock(&self.containers)
+                .get(id)
+                .map(|e| e.record.task_id.clone())
+                .unwrap_or_else(|| TaskId::new("")),
+            state: TaskState::Killing,
+            reason: None,
+            message: String::new(),
+        });
+        if state.0 != ContainerState::Running {
+            // The launch kills it once it runs (or fails on its own).
+            return Ok(());
+        }
+        self.signal(id, Signal::SIGTERM);
+        let inner = Arc::clone(self);
+        let id = id.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if inner.layout.exit_file(&id).exists() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            inner.signal(&id, Signal::SIGKILL);
+        });
+        Ok(())
+    }
+
+    /// The task's end from what is known: a limitation wins, then a kill request, then the
+    /// exit status.
+    fn termination_of(
+        limitation: Option<Limitation>,
+        kill_requested: bool,
+        exit: Option<ExitStatus>,
+    ) -> Termination {
+        if let Some(l) = limitation {
+            return Termination {
+                state: TaskState::Failed,
+                reason: Some(l.reason),
+                message: l.message,
+                exit,
+            };
+        }
+        let (state, reason, message) = match exit {
+            _ if kill_requested => (TaskState::Killed, None, "killed by request".to_string()),
+            Some(ExitStatus::Exited(0)) => (
+                TaskState::Finished,
+                None,
+                "command exited with status 0".to_string(),
+            ),
+            Some(ExitStatus::Exited(code)) => (
+                TaskState::Failed,
+                None,
+                format!("command exited with status {code}"),
+            ),
+            Some(ExitStatus::Signaled(sig)) => (
+                TaskState::Failed,
+                None,
+                format!(
+                    "command terminated by signal {}",
+                    Signal::try_from(sig).map_or_else(|_| sig.to_string(), |s| s.to_string())
+                ),
+            ),
+            Some(ExitStatus::Aborted) => (
+                TaskState::Failed,
+                Some(Reason::ContainerLaunchFailed),
+                "the launch was aborted before the command ran".to_string(),
+            ),
+            None => (
+                TaskState::Failed,
+                Some(Reason::ExecutorTerminated),
+                "the container's supervisor ended without recording an exit status".to_string(),
+            ),
+        };
+        Termination {
+            state,
+            reason,
+            message,
+            exit,
+        }
+    }
+
+    /// The container's init ended (or its supervisor is gone): decide the task's end and
+    /// destroy the container.
+    fn finish(&self, id: &ContainerId) {
+        let exit = checkpoint::read::<ExitRecord>(&self.layout.exit_file(id))
+            .unwrap_or_else(|e| {
+                tracing::error!(container = %id, error = %e, "unreadable exit file");
+                None
+            })
+            .map(|r| r.status);
+        let mut limitation = lock(&self.containers)
+            .get(id)
+            .and_then(|e| e.limitation.clone());
+        if limitation.is_none() {
+            limitation = self.isolators.iter().find_map(|iso| match iso.watch(id) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "watch failed");
+                    None
+                }
+            });
+        }
+        let kill_requested = lock(&self.containers)
+            .get(id)
+            .is_some_and(|e| e.record.kill_requested);
+        let t = Self::termination_of(limitation, kill_requested, exit);
+        self.destroy(id, t);
+    }
+
+    /// Destroys the container and records `termination`: kills what runs, deletes the
+    /// runtime's container, cleans up every isolator in reverse order, tears down the root
+    /// filesystem. Every step runs even when one before it failed.
+    fn destroy(&self, id: &ContainerId, termination: Termination) {
+        {
+            let mut containers = lock(&self.containers);
+            if let Some(e) = containers.get_mut(id) {
+                e.destroying = true;
+            }
+        }
+        self.transition(id, ContainerState::Destroying);
+        let Some(record) = self.update(id, |_| {}) else {
+            return;
+        };
+        let exit_file = self.layout.exit_file(id);
+        if record.supervisor.is_some_and(|s| s.is_alive()) {
+            if !exit_file.exists() {
+                self.signal(id, Signal::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while record.supervisor.is_some_and(|s| s.is_alive()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        } else {
+            // No supervisor to reap it: kill whatever is left of the container.
+            self.signal(id, Signal::SIGKILL);
+        }
+        match self.runtime.load(id.as_str()) {
+            Ok(container) => {
+                if let Err(e) = container.delete(true) {
+                    tracing::warn!(container = %id, error = %e, "runtime delete failed");
+                }
+            }
+            Err(RuntimeError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(container = %id, error = %e, "runtime load failed"),
+        }
+        for iso in self.isolators.iter().rev() {
+            if let Err(e) = iso.cleanup(id) {
+                tracing::warn!(container = %id, isolator = iso.name(), error = %e, "cleanup failed");
+            }
+        }
+        if let Err(e) = provision::teardown(&record.bundle) {
+            tracing::warn!(container = %id, error = %e, "rootfs teardown failed");
+        }
+        self.update(id, |r| r.termination = Some(termination.clone()));
+        self.emit_task(id, &record.task_id, &termination);
+    }
+
+    /// One pass of the monitor: exits, vanished supervisors, periodic limitations.
+    fn poll(&self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut containers = lock(&self.containers);
+            for (id, e) in containers.iter_mut() {
+                if e.destroying
+                    || e.record.termination.is_some()
+                    || e.record.state != ContainerState::Running
+                {
+                    continue;
+                }
+                let watch = self
+                    .isolators
+                    .iter()
+                    .filter_map(|i| i.watch_interval())
+                    .min()
+                    .is_some_and(|every| now.duration_since(e.last_watch) >= every);
+                if watch {
+                    e.last_watch = now;
+                }
+                due.push((id.clone(), e.record.supervisor, watch));
+            }
+        }
+        for (id, supervisor, watch) in due {
+            let ended =
+                self.layout.exit_file(&id).exists() || supervisor.is_some_and(|s| !s.is_alive());
+            if ended {
+                self.finish(&id);
+                continue;
+            }
+            if watch {
+                for iso in self
+                    .isolators
+                    .iter()
+                    .filter(|i| i.watch_interval().is_some())
+                {
+                    if let Ok(Some(l)) = iso.watch(&id) {
+                        if let Some(e) = lock(&self.containers).get_mut(&id) {
+                            e.limitation = Some(l);
+                        }
+                        self.signal(&id, Signal::SIGKILL);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn monitor(inner: &Weak<Inner>, interval: Duration) {
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.stop.load(Ordering::Acquire) {
+            return;
+        }
+        inner.poll();
+        drop(inner);
+        std::thread::sleep(interval);
+    }
+}

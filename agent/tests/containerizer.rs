@@ -1,0 +1,411 @@
+//! The containerizer against real containers and real cgroups (host, cgroup v1). Needs root;
+//! skips with a printed reason otherwise.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use cairn_agent::containerizer::{
+    Containerizer, ContainerizerConfig, LaunchRequest, TaskCommand, Termination,
+};
+use cairn_api::{Reason, Resources, TaskState};
+use cairn_testsupport::images::TestImages;
+use cairn_testsupport::require_root;
+
+/// A cgroup parent below our own cgroup in every v1 hierarchy (our cgroups differ per
+/// hierarchy on this host: take the deepest, below all of them); removed, with every
+/// directory created beneath it, on drop.
+struct CgroupParent {
+    path: PathBuf,
+    created: Vec<PathBuf>,
+}
+
+fn v1_mounts() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let mount_point = PathBuf::from(pre.split_whitespace().nth(4)?);
+            (post.split_whitespace().next()? == "cgroup").then_some(mount_point)
+        })
+        .collect()
+}
+
+impl CgroupParent {
+    fn new(name: &str) -> Self {
+        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let deepest = text
+            .lines()
+            .filter(|l| !l.starts_with("0::"))
+            .filter_map(|l| l.splitn(3, ':').nth(2).map(PathBuf::from))
+            .max_by_key(|p| p.components().count())
+            .unwrap();
+        let path = deepest.join(format!("cairn-agent-test-{}-{name}", std::process::id()));
+        let mut created = Vec::new();
+        for mount in v1_mounts() {
+            let mut dir = mount.join(path.strip_prefix("/").unwrap());
+            while !dir.exists() && dir != mount {
+                created.push(dir.clone());
+                dir = dir.parent().unwrap().to_path_buf();
+            }
+        }
+        Self { path, created }
+    }
+
+    /// Container cgroups left below the parent, in any hierarchy.
+    fn leftovers(&self) -> Vec<PathBuf> {
+        v1_mounts()
+            .into_iter()
+            .map(|m| m.join(self.path.strip_prefix("/").unwrap()))
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flat_map(|rd| rd.filter_map(Result::ok).map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect()
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for leftover in self.leftovers() {
+            let _ = fs::remove_dir(&leftover);
+        }
+        for dir in &self.created {
+            if dir.exists() {
+                if let Err(e) = fs::remove_dir(dir) {
+                    eprintln!("failed to remove test cgroup {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}
+
+/// One test at a time: each records which cgroup ancestors it had to create (ours differ per
+/// hierarchy, so libcontainer creates them in the others) and removes them afterwards, which
+/// only works when no other test shares them meanwhile.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Fixture {
+    // Field order is drop order: cgroups before the work directory, the lock last.
+    cgroups: CgroupParent,
+    config: ContainerizerConfig,
+    image: String,
+    dir: tempfile::TempDir,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn fixture(test: &str) -> Option<Fixture> {
+    if !require_root(test) {
+        return None;
+    }
+    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let images = TestImages::get();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("cairn-agent-{test}-"))
+        .tempdir()
+        .unwrap();
+    let cgroups = CgroupParent::new(test);
+    let mut config = ContainerizerConfig::new(dir.path().join("work"));
+    config.supervisor = PathBuf::from(env!("CARGO_BIN_EXE_cairn-supervisor"));
+    config.cgroups.parent = cgroups.path.to_string_lossy().into_owned();
+    let store = cairn_oci::store::Store::open(dir.path().join("work/images")).unwrap();
+    let imported =
+        cairn_oci::import::import_docker_archive(&store, &images.docker_archive, None).unwrap();
+    let image = imported[0].reference.to_string();
+    Some(Fixture {
+        cgroups,
+        config,
+        image,
+        dir,
+        _serial: serial,
+    })
+}
+
+impl Fixture {
+    fn start(&self) -> (Containerizer, cairn_agent::containerizer::Recovery) {
+        Containerizer::start(self.config.clone()).unwrap()
+    }
+
+    fn request(&self, task: &str, mem_mb: f64, command: Option<TaskCommand>) -> LaunchRequest {
+        let resources = Resources::new()
+            .with_scalar("cpus", 0.1)
+            .unwrap()
+            .with_scalar("mem", mem_mb)
+            .unwrap();
+        let mut r = LaunchRequest::new(task, resources);
+        r.image = Some(self.image.clone());
+        r.command = command;
+        r
+    }
+
+    /// Nothing left behind: no mounts below the work dir, no container cgroups, no runtime
+    /// state.
+    fn assert_clean(&self) {
+        let work = self.dir.path().to_string_lossy().into_owned();
+        let mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&work))
+            .collect();
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+        assert!(
+            self.cgroups.leftovers().is_empty(),
+            "cgroups left: {:?}",
+            self.cgroups.leftovers()
+        );
+        let runtime = self.dir.path().join("work/runtime");
+        let left: Vec<_> = fs::read_dir(&runtime)
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "runtime state left: {left:?}");
+        let bundles: Vec<_> = fs::read_dir(self.dir.path().join("work/containers"))
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(bundles.is_empty(), "bundles left: {bundles:?}");
+    }
+}
+
+fn shell(cmd: &str) -> Option<TaskCommand> {
+    Some(TaskCommand::Shell(cmd.to_string()))
+}
+
+fn stdout_of(c: &Containerizer, id: &cairn_api::ContainerId) -> String {
+    fs::read_to_string(c.layout().sandbox(id).join("stdout")).unwrap_or_default()
+}
+
+fn assert_state(t: &Termination, state: TaskState, reason: Option<Reason>) {
+    assert_eq!((t.state, t.reason), (state, reason), "{t:?}");
+}
+
+#[test]
+fn twenty_tasks_finish_with_their_exit_codes_and_stdout_needs_root() {
+    let Some(fx) = fixture("twenty") else { return };
+    let (c, _) = fx.start();
+    let ids: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (c, fx) = (&c, &fx);
+                s.spawn(move || {
+                    (0..5)
+                        .map(|k| {
+                            let i = t * 5 + k;
+                            let cmd = format!(
+                                "echo task-$MESOS_TASK_ID in $MESOS_SANDBOX; exit {}",
+                                i % 3
+                            );
+                            let req = fx.request(&format!("t{i}"), 32.0, shell(&cmd));
+                            (i, c.launch(&req))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(ids.len(), 20);
+    for (i, id) in &ids {
+        let t = c.wait(id).unwrap();
+        let code = i % 3;
+        if code == 0 {
+            assert_state(&t, TaskState::Finished, None);
+        } else {
+            assert_state(&t, TaskState::Failed, None);
+            assert!(t.message.contains(&format!("status {code}")), "{t:?}");
+        }
+        assert_eq!(t.exit_code(), code);
+        assert_eq!(
+            stdout_of(&c, id),
+            format!("task-t{i} in /mnt/mesos/sandbox\n"),
+            "task {i}"
+        );
+    }
+    fx.assert_clean();
+}
+
+#[test]
+fn a_task_over_its_memory_limit_fails_with_the_memory_reason_needs_root() {
+    let Some(fx) = fixture("oom") else { return };
+    let (c, _) = fx.start();
+    let req = fx.request(
+        "hog",
+        32.0,
+        shell("dd if=/dev/zero of=/dev/null bs=100M count=1; echo survived"),
+    );
+    let id = c.launch(&req);
+    let t = c.wait(&id).unwrap();
+    assert_state(
+        &t,
+        TaskState::Failed,
+        Some(Reason::ContainerLimitationMemory),
+    );
+    assert!(t.message.contains("memory"), "{t:?}");
+    fx.assert_clean();
+}
+
+#[test]
+fn kill_sends_term_then_kill_after_the_grace_period_needs_root() {
+    let Some(fx) = fixture("kill") else { return };
+    let (c, _) = fx.start();
+    // Handles SIGTERM: ends at once, well within the grace.
+    let polite = c.launch(&fx.request(
+        "polite",
+        32.0,
+        shell("trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.05; done"),
+    ));
+    // pid 1 without a handler ignores SIGTERM: only SIGKILL ends it.
+    let stubborn = c.launch(&fx.request(
+        "stubborn",
+        32.0,
+        Some(TaskCommand::Argv(vec!["sleep".into(), "1000".into()])),
+    ));
+    let ready = Instant::now();
+    while !stdout_of(&c, &polite).contains("ready") {
+        assert!(
+            ready.elapsed() < Duration::from_secs(10),
+            "polite never ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    c.kill(&polite, Duration::from_secs(20)).unwrap();
+    c.kill(&stubborn, Duration::from_millis(700)).unwrap();
+    let t = c.wait(&polite).unwrap();
+    assert_state(&t, TaskState::Killed, None);
+    assert_eq!(t.exit_code(), 3);
+    assert!(stdout_of(&c, &polite).contains("got-term"));
+    let t = c.wait(&stubborn).unwrap();
+    assert_state(&t, TaskState::Killed, None);
+    assert_eq!(t.exit_code(), 128 + 9);
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    fx.assert_clean();
+}
+
+#[test]
+fn unknown_images_and_missing_commands_fail_the_launch_needs_root() {
+    let Some(fx) = fixture("badlaunch") else {
+        return;
+    };
+    let (c, _) = fx.start();
+    let mut req = fx.request("noimage", 32.0, shell("true"));
+    req.image = Some("cairn/does-not-exist:1".into());
+    let t = c.wait(&c.launch(&req)).unwrap();
+    assert_state(&t, TaskState::Failed, Some(Reason::ContainerLaunchFailed));
+    assert!(t.message.contains("cairn/does-not-exist:1"), "{t:?}");
+
+    let req = fx.request(
+        "nocmd",
+        32.0,
+        Some(TaskCommand::Argv(vec!["no-such-command".into()])),
+    );
+    let t = c.wait(&c.launch(&req)).unwrap();
+    assert_state(&t, TaskState::Failed, Some(Reason::ContainerLaunchFailed));
+    assert!(t.message.contains("\"no-such-command\" not found"), "{t:?}");
+
+    let mut req = fx.request("badref", 32.0, shell("true"));
+    req.image = Some("UPPER/Case::bad".into());
+    let t = c.wait(&c.launch(&req)).unwrap();
+    assert_state(&t, TaskState::Error, Some(Reason::TaskInvalid));
+    fx.assert_clean();
+}
+
+#[test]
+fn tasks_without_an_image_run_on_the_host_filesystem_read_only_needs_root() {
+    let Some(fx) = fixture("host") else { return };
+    let (c, _) = fx.start();
+    let mut req = fx.request(
+        "host",
+        32.0,
+        shell("echo $PWD; echo $MESOS_SANDBOX; touch /cairn-should-not-exist 2>/dev/null || echo read-only; echo hi > out"),
+    );
+    req.image = None;
+    let id = c.launch(&req);
+    let t = c.wait(&id).unwrap();
+    assert_state(&t, TaskState::Finished, None);
+    let sandbox = c.layout().sandbox(&id);
+    let s = sandbox.to_string_lossy();
+    assert_eq!(stdout_of(&c, &id), format!("{s}\n{s}\nread-only\n"));
+    assert_eq!(fs::read_to_string(sandbox.join("out")).unwrap(), "hi\n");
+    assert!(!Path::new("/cairn-should-not-exist").exists());
+    fx.assert_clean();
+}
+
+#[test]
+fn recovery_readopts_running_containers_and_reports_exits_needs_root() {
+    let Some(fx) = fixture("recover") else { return };
+    let (c, _) = fx.start();
+    let sleepers: Vec<_> = (0..3)
+        .map(|i| {
+            c.launch(&fx.request(
+                &format!("sleeper{i}"),
+                32.0,
+                Some(TaskCommand::Argv(vec!["sleep".into(), "1000".into()])),
+            ))
+        })
+        .collect();
+    let exiters: Vec<_> = (0..2)
+        .map(|i| {
+            c.launch(&fx.request(
+                &format!("exiter{i}"),
+                32.0,
+                shell(&format!(
+                    "while [ ! -e $MESOS_SANDBOX/go ]; do sleep 0.05; done; echo bye; exit {}",
+                    7 + i
+                )),
+            ))
+        })
+        .collect();
+    let pids: Vec<u32> = sleepers
+        .iter()
+        .map(|id| c.record(id).unwrap().init.unwrap().pid)
+        .collect();
+    let layout = c.layout().clone();
+    // The agent dies: supervisors and containers keep running.
+    drop(c);
+    for id in &exiters {
+        fs::write(layout.sandbox(id).join("go"), b"").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !exiters.iter().all(|id| layout.exit_file(id).exists()) {
+        assert!(Instant::now() < deadline, "exiters never exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A corrupt checkpoint of some other container is quarantined, not fatal.
+    let corrupt = layout.containers_meta().join("c0ffee");
+    fs::create_dir_all(&corrupt).unwrap();
+    fs::write(corrupt.join("container.json"), b"{\"version\": 1, \"contai").unwrap();
+
+    let (c, recovery) = fx.start();
+    let mut adopted: Vec<_> = recovery.adopted.iter().map(|(id, _)| id.clone()).collect();
+    adopted.sort();
+    let mut expected = sleepers.clone();
+    expected.sort();
+    assert_eq!(adopted, expected);
+    for (id, pid) in sleepers.iter().zip(&pids) {
+        assert_eq!(c.record(id).unwrap().init.unwrap().pid, *pid);
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+    }
+    assert_eq!(recovery.terminated.len(), 2, "{:?}", recovery.terminated);
+    for (i, id) in exiters.iter().enumerate() {
+        let t = c.termination(id).unwrap();
+        assert_state(&t, TaskState::Failed, None);
+        assert_eq!(t.exit_code(), 7 + i32::try_from(i).unwrap());
+        assert_eq!(stdout_of(&c, id), "bye\n");
+    }
+    assert_eq!(recovery.quarantined.len(), 1);
+    assert!(recovery.quarantined[0].1.contains("c0ffee/container.json"));
+    // The re-adopted ones are still managed: kill them.
+    for id in &sleepers {
+        c.kill(id, Duration::from_millis(100)).unwrap();
+    }
+    for id in &sleepers {
+        assert_state(&c.wait(id).unwrap(), TaskState::Killed, None);
+    }
+    fx.assert_clean();
+}
