@@ -6,5 +6,9 @@
 //! the agent and framework managers, the allocator and the APIs follow (issue 6).
 
 pub mod allocator;
+pub mod config;
+pub mod core;
 pub mod durable;
+pub mod http;
+pub mod metrics;
 pub mod registry;

@@ -1,25 +1,105 @@
-//! `cairn-master`: the Cairn control plane.
+//! `cairn-master`: the Cairn control plane. Parses config, builds the master, serves its
+//! APIs until SIGINT/SIGTERM.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use anyhow::Context as _;
+use cairn_master::config::FileConfig;
 use clap::Parser;
 
-/// The Cairn master: elects a leader, keeps the registry, offers resources to frameworks.
+/// The Cairn master: keeps the registry of agents and offers their resources to frameworks,
+/// speaking Apache Mesos's v1 scheduler and operator HTTP APIs. Standalone (leader at once,
+/// registry in WORK_DIR/registry.json). Every setting can also be given in the config file
+/// (same name with underscores, e.g. `agent_timeout_secs = 75`) or as CAIRN_<NAME>.
 #[derive(Debug, Parser)]
 #[command(name = "cairn-master", version, about)]
 struct Args {
-    /// Directory for the master's state (the standalone registry).
-    #[arg(long, env = "CAIRN_WORK_DIR", default_value = "/var/lib/cairn/master")]
-    work_dir: PathBuf,
+    /// Config file (TOML). Missing is fine at the default path, an error elsewhere.
+    #[arg(
+        long,
+        env = "CAIRN_MASTER_CONFIG",
+        default_value = "/etc/cairn/master.toml"
+    )]
+    config: PathBuf,
+    /// Address to serve the APIs on [default: 0.0.0.0:5050].
+    #[arg(long, env = "CAIRN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Hostname advertised in MasterInfo [default: the advertised IP].
+    #[arg(long, env = "CAIRN_HOSTNAME")]
+    hostname: Option<String>,
+    /// IPv4 address advertised in MasterInfo [default: the listen IP, or 127.0.0.1].
+    #[arg(long, env = "CAIRN_ADVERTISE_IP")]
+    advertise_ip: Option<Ipv4Addr>,
+    /// Directory for the master's state (the standalone registry) [default: /var/lib/cairn/master].
+    #[arg(long, env = "CAIRN_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// Seconds without any call before an agent is marked unreachable [default: 75].
+    #[arg(long, env = "CAIRN_AGENT_TIMEOUT_SECS")]
+    agent_timeout_secs: Option<f64>,
+    /// Seconds between the HEARTBEAT calls agents must send [default: 15].
+    #[arg(long, env = "CAIRN_AGENT_HEARTBEAT_SECS")]
+    agent_heartbeat_secs: Option<f64>,
+    /// Seconds between HEARTBEAT events to frameworks [default: 15].
+    #[arg(long, env = "CAIRN_FRAMEWORK_HEARTBEAT_SECS")]
+    framework_heartbeat_secs: Option<f64>,
+    /// Seconds after which unanswered offers are rescinded [default: never].
+    #[arg(long, env = "CAIRN_OFFER_TIMEOUT_SECS")]
+    offer_timeout_secs: Option<f64>,
+    /// Seconds between periodic allocation cycles [default: 1].
+    #[arg(long, env = "CAIRN_ALLOCATION_INTERVAL_SECS")]
+    allocation_interval_secs: Option<f64>,
+    /// Events queued per subscriber before a stalled subscriber is disconnected [default: 1000].
+    #[arg(long, env = "CAIRN_SUBSCRIBER_QUEUE")]
+    subscriber_queue: Option<usize>,
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let args = Args::parse();
-    let path = args.work_dir.join("registry.json");
-    let (_store, registry) = cairn_master::registry::FileRegistry::open(&path)?;
-    anyhow::bail!(
-        "registry at {} holds {} agents; the master's APIs are not implemented yet",
-        path.display(),
-        registry.agents.len()
-    )
+    let default_path = args.config == std::path::Path::new("/etc/cairn/master.toml");
+    let file = FileConfig::load(&args.config, !default_path)?;
+    let cfg = file
+        .merge(FileConfig {
+            listen: args.listen,
+            hostname: args.hostname,
+            advertise_ip: args.advertise_ip,
+            work_dir: args.work_dir,
+            agent_timeout_secs: args.agent_timeout_secs,
+            agent_heartbeat_secs: args.agent_heartbeat_secs,
+            framework_heartbeat_secs: args.framework_heartbeat_secs,
+            offer_timeout_secs: args.offer_timeout_secs,
+            allocation_interval_secs: args.allocation_interval_secs,
+            subscriber_queue: args.subscriber_queue,
+        })
+        .resolve()?;
+
+    let path = cfg.work_dir.join("registry.json");
+    let (store, registry) = cairn_master::registry::FileRegistry::open(&path)?;
+    let master = cairn_master::core::Master::new(cfg.core.clone(), registry, Some(store));
+    let shared = cairn_master::http::Shared::new(master);
+    let ticker = shared.spawn_ticker(cfg.allocation_interval);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, registry = %path.display(), "cairn-master serving (standalone: leading)");
+    axum::serve(listener, cairn_master::http::router(shared))
+        .with_graceful_shutdown(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler never fails on Linux");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await
+        .context("serving the APIs")?;
+    ticker.abort();
+    Ok(())
 }

@@ -1,0 +1,176 @@
+//! The master's configuration: `/etc/cairn/master.toml` (or `--config`), overridden by
+//! `CAIRN_*` environment variables and flags. Loading has no side effects.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::core::CoreConfig;
+
+/// Settings in the config file; every key is optional. Unknown keys are refused, naming
+/// the key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub hostname: Option<String>,
+    pub advertise_ip: Option<Ipv4Addr>,
+    pub work_dir: Option<PathBuf>,
+    pub agent_timeout_secs: Option<f64>,
+    pub agent_heartbeat_secs: Option<f64>,
+    pub framework_heartbeat_secs: Option<f64>,
+    pub offer_timeout_secs: Option<f64>,
+    pub allocation_interval_secs: Option<f64>,
+    pub subscriber_queue: Option<usize>,
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub work_dir: PathBuf,
+    pub allocation_interval: Duration,
+    pub core: CoreConfig,
+}
+
+impl FileConfig {
+    /// Reads `path`; a missing default file is an empty config.
+    ///
+    /// # Errors
+    /// An unreadable file, bad TOML, an unknown key or a wrong type (the message names it).
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Applies `over` (from flags and environment) on top of `self`.
+    #[must_use]
+    pub fn merge(self, over: FileConfig) -> Self {
+        Self {
+            listen: over.listen.or(self.listen),
+            hostname: over.hostname.or(self.hostname),
+            advertise_ip: over.advertise_ip.or(self.advertise_ip),
+            work_dir: over.work_dir.or(self.work_dir),
+            agent_timeout_secs: over.agent_timeout_secs.or(self.agent_timeout_secs),
+            agent_heartbeat_secs: over.agent_heartbeat_secs.or(self.agent_heartbeat_secs),
+            framework_heartbeat_secs: over
+                .framework_heartbeat_secs
+                .or(self.framework_heartbeat_secs),
+            offer_timeout_secs: over.offer_timeout_secs.or(self.offer_timeout_secs),
+            allocation_interval_secs: over
+                .allocation_interval_secs
+                .or(self.allocation_interval_secs),
+            subscriber_queue: over.subscriber_queue.or(self.subscriber_queue),
+        }
+    }
+
+    /// Checks values and fills defaults.
+    ///
+    /// # Errors
+    /// A value out of range, naming its key.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        fn secs(key: &'static str, v: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(default);
+            if !v.is_finite() || v <= 0.0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{v} is not a positive number of seconds"),
+                });
+            }
+            Ok(Duration::from_secs_f64(v))
+        }
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 5050)));
+        let ip = self.advertise_ip.unwrap_or(match listen.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_unspecified() => ip,
+            _ => Ipv4Addr::LOCALHOST,
+        });
+        let subscriber_queue = self.subscriber_queue.unwrap_or(1000);
+        if subscriber_queue == 0 {
+            return Err(ConfigError::Invalid {
+                key: "subscriber_queue",
+                message: "must be at least 1".into(),
+            });
+        }
+        let core = CoreConfig {
+            framework_heartbeat: secs(
+                "framework_heartbeat_secs",
+                self.framework_heartbeat_secs,
+                15.0,
+            )?,
+            agent_heartbeat: secs("agent_heartbeat_secs", self.agent_heartbeat_secs, 15.0)?,
+            agent_timeout: secs("agent_timeout_secs", self.agent_timeout_secs, 75.0)?,
+            offer_timeout: self
+                .offer_timeout_secs
+                .map(|v| secs("offer_timeout_secs", Some(v), 0.0))
+                .transpose()?,
+            subscriber_queue,
+            hostname: self.hostname.unwrap_or_else(|| ip.to_string()),
+            ip,
+            port: listen.port(),
+            ..CoreConfig::default()
+        };
+        Ok(Config {
+            listen,
+            work_dir: self
+                .work_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/cairn/master")),
+            allocation_interval: secs(
+                "allocation_interval_secs",
+                self.allocation_interval_secs,
+                1.0,
+            )?,
+            core,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:1\"\nagent_timeout = 3\n").unwrap();
+        let e = FileConfig::load(&p, true).unwrap_err().to_string();
+        assert!(e.contains("agent_timeout"), "{e}");
+        let e = FileConfig {
+            agent_timeout_secs: Some(-1.0),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("agent_timeout_secs"), "{e}");
+        assert!(FileConfig::load(&dir.path().join("none.toml"), false).is_ok());
+    }
+}

@@ -1,0 +1,442 @@
+//! The agent manager: registration and re-registration, the agent's event stream,
+//! heartbeats, resource updates, unreachability after the agent timeout, and reconciliation
+//! of an agent that comes back.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use cairn_api::protocol::{AgentCall, AgentCallType, AgentEvent, Register, Registered};
+use cairn_api::v1::mesos::TaskStatus;
+use cairn_api::v1::scheduler::{Event, Failure};
+use cairn_api::{AgentId, FrameworkId, Reason, Resources, Source, TaskId, TaskState};
+use tokio::sync::mpsc;
+
+use super::{wall_seconds, Master, Outbox};
+use crate::registry::AdmittedAgent;
+
+/// Whether the master hears from an agent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AgentHealth {
+    Active,
+    /// Silent for longer than the agent timeout, since this wall time.
+    Unreachable {
+        since: f64,
+    },
+}
+
+/// An agent the master knows.
+#[derive(Debug)]
+pub struct Agent {
+    pub id: AgentId,
+    pub info: Register,
+    pub total: Resources,
+    pub registered_time: f64,
+    pub reregistered_time: Option<f64>,
+    pub last_seen: Instant,
+    pub health: AgentHealth,
+    pub(crate) conn: Option<Outbox<AgentEvent>>,
+    /// Identifies the current subscription, so a stale stream closing does not disconnect
+    /// its successor.
+    pub(crate) conn_seq: u64,
+    /// Events for the agent queued before it subscribed (kills from reconciliation).
+    pub(crate) pending: Vec<AgentEvent>,
+}
+
+impl Agent {
+    pub fn connected(&self) -> bool {
+        self.conn.is_some()
+    }
+}
+
+/// Why an agent call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("agent {0} is not registered with this master (register again)")]
+    NotFound(AgentId),
+    #[error("agent {0} was marked gone and may not re-register")]
+    Gone(AgentId),
+}
+
+/// The master's answer to an agent call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentReply {
+    Registered(Registered),
+    Accepted,
+}
+
+impl Master {
+    /// Handles a call from an agent (all but SUBSCRIBE, see [`Master::agent_subscribe`]).
+    ///
+    /// # Errors
+    /// A malformed call, an unknown agent or one marked gone.
+    pub fn agent_call(&mut self, call: AgentCall, now: Instant) -> Result<AgentReply, AgentError> {
+        call.validate().map_err(|e| AgentError::Invalid(e.0))?;
+        self.counters.messages_agent_calls += 1;
+        let id = call.agent_id.clone();
+        match call.kind {
+            AgentCallType::Register => {
+                let reg = call.register.expect("validated: register is present");
+                self.register_agent(reg, now).map(AgentReply::Registered)
+            }
+            AgentCallType::Reregister => {
+                let reg = call.register.expect("validated: register is present");
+                let id = id.expect("validated: agent_id is present");
+                self.reregister_agent(id, reg, now)
+                    .map(AgentReply::Registered)
+            }
+            AgentCallType::Subscribe => Err(AgentError::Invalid(
+                "SUBSCRIBE opens the event stream; it is not a plain call".into(),
+            )),
+            AgentCallType::Heartbeat => {
+                self.touch_agent(&id.expect("validated: agent_id is present"), now)?;
+                Ok(AgentReply::Accepted)
+            }
+            AgentCallType::UpdateResources => {
+                let id = id.expect("validated: agent_id is present");
+                self.touch_agent(&id, now)?;
+                let update = call.update_resources.expect("validated: present");
+                let total = Resources::from_wire(&update.resources)
+                    .map_err(|e| AgentError::Invalid(e.to_string()))?;
+                self.rescind_agent_offers(&id, now);
+                self.allocator.update_agent(&id, total.clone());
+                if let Some(a) = self.agents.get_mut(&id) {
+                    a.total = total;
+                    a.info.resources = update.resources;
+                }
+                Ok(AgentReply::Accepted)
+            }
+            AgentCallType::StatusUpdate => {
+                let id = id.expect("validated: agent_id is present");
+                self.touch_agent(&id, now)?;
+                let update = call.status_update.expect("validated: present");
+                self.status_update(&id, update.framework_id, update.status, now);
+                Ok(AgentReply::Accepted)
+            }
+        }
+    }
+
+    fn touch_agent(&mut self, id: &AgentId, now: Instant) -> Result<(), AgentError> {
+        match self.agents.get_mut(id) {
+            Some(a) if a.health == AgentHealth::Active => {
+                a.last_seen = now;
+                Ok(())
+            }
+            _ => Err(AgentError::NotFound(id.clone())),
+        }
+    }
+
+    fn registered(&self, id: &AgentId) -> Registered {
+        Registered {
+            agent_id: id.clone(),
+            master_info: self.info.clone(),
+            heartbeat_interval_seconds: self.cfg.agent_heartbeat.as_secs_f64(),
+        }
+    }
+
+    fn admit(&mut self, id: &AgentId, reg: &Register) {
+        self.registry.agents.insert(
+            id.value.clone(),
+            AdmittedAgent {
+                id: id.clone(),
+                hostname: reg.hostname.clone(),
+                address: reg.address.clone(),
+            },
+        );
+        self.registry.unreachable.remove(&id.value);
+        self.persist();
+    }
+
+    fn register_agent(&mut self, reg: Register, now: Instant) -> Result<Registered, AgentError> {
+        let total =
+            Resources::from_wire(&reg.resources).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        let n = self.next_seq();
+        let id = AgentId::new(format!("{}-S{n}", self.info.id));
+        self.admit(&id, &reg);
+        self.allocator
+            .add_agent(id.clone(), total.clone(), Vec::new());
+        // Offers wait until the agent's event stream is open.
+        self.allocator.deactivate_agent(&id);
+        tracing::info!(agent = %id, hostname = %reg.hostname, resources = %total, "agent registered");
+        self.agents.insert(
+            id.clone(),
+            Agent {
+                id: id.clone(),
+                info: reg,
+                total,
+                registered_time: wall_seconds(),
+                reregistered_time: None,
+                last_seen: now,
+                health: AgentHealth::Active,
+                conn: None,
+                conn_seq: 0,
+                pending: Vec::new(),
+            },
+        );
+        self.counters.agent_registrations += 1;
+        Ok(self.registered(&id))
+    }
+
+    fn reregister_agent(
+        &mut self,
+        id: AgentId,
+        reg: Register,
+        now: Instant,
+    ) -> Result<Registered, AgentError> {
+        if self.registry.gone.contains_key(&id.value) {
+            return Err(AgentError::Gone(id));
+        }
+        let total =
+            Resources::from_wire(&reg.resources).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        self.counters.agent_reregistrations += 1;
+        self.admit(&id, &reg);
+        if self.agents.contains_key(&id) {
+            self.reconcile_known_agent(&id, reg, total, now);
+        } else {
+            self.recover_agent(&id, reg, total, now);
+        }
+        Ok(self.registered(&id))
+    }
+
+    /// An agent this master did not know (the master restarted): its tasks are taken as the
+    /// truth, their frameworks recovered until they re-subscribe; tasks of frameworks torn
+    /// down here are killed.
+    fn recover_agent(&mut self, id: &AgentId, reg: Register, total: Resources, now: Instant) {
+        let mut used: Vec<(FrameworkId, String, Resources)> = Vec::new();
+        let mut pending = Vec::new();
+        for t in &reg.tasks {
+            if self.is_completed_framework(&t.framework_id) {
+                pending.push(AgentEvent::kill(
+                    t.framework_id.clone(),
+                    t.task.task_id.clone(),
+                ));
+                continue;
+            }
+            if t.state.is_terminal() {
+                continue;
+            }
+            let fw = self.recovered_framework(&t.framework_id);
+            let role = fw.first().cloned().unwrap_or_else(|| "*".into());
+            let res = Resources::from_wire(&t.task.resources).unwrap_or_default();
+            used.push((t.framework_id.clone(), role.clone(), res.clone()));
+            self.insert_task(
+                t.framework_id.clone(),
+                id.clone(),
+                t.task.clone(),
+                role,
+                res,
+                t.state,
+            );
+        }
+        self.allocator.add_agent(id.clone(), total.clone(), used);
+        self.allocator.deactivate_agent(id);
+        tracing::info!(agent = %id, tasks = reg.tasks.len(), "agent re-registered (recovered)");
+        self.agents.insert(
+            id.clone(),
+            Agent {
+                id: id.clone(),
+                info: reg,
+                total,
+                registered_time: wall_seconds(),
+                reregistered_time: Some(wall_seconds()),
+                last_seen: now,
+                health: AgentHealth::Active,
+                conn: None,
+                conn_seq: 0,
+                pending,
+            },
+        );
+    }
+
+    /// An agent the master knows came back (after being unreachable, or after the agent
+    /// process restarted): tasks the master does not know are killed, tasks the agent no
+    /// longer has are TASK_LOST (TASK_GONE when the host rebooted), the others resume with
+    /// the state the agent reports.
+    fn reconcile_known_agent(
+        &mut self,
+        id: &AgentId,
+        reg: Register,
+        total: Resources,
+        now: Instant,
+    ) {
+        let Some(agent) = self.agents.get(id) else {
+            return;
+        };
+        let rebooted = agent.info.boot_id != reg.boot_id;
+        let reported: BTreeSet<(FrameworkId, TaskId)> = reg
+            .tasks
+            .iter()
+            .map(|t| (t.framework_id.clone(), t.task.task_id.clone()))
+            .collect();
+        let mut pending = Vec::new();
+        // Tasks the agent reports.
+        for t in &reg.tasks {
+            let key = (t.framework_id.clone(), t.task.task_id.clone());
+            match self.tasks.get(&key) {
+                Some(task) if &task.agent_id == id => {
+                    if task.state != t.state {
+                        let mut status = t.latest_status.clone().unwrap_or_else(|| {
+                            TaskStatus::new(key.1.clone(), t.state, Source::Master)
+                        });
+                        status.state = t.state;
+                        status.agent_id = Some(id.clone());
+                        status.uuid = None;
+                        status.reason.get_or_insert(Reason::Reconciliation);
+                        self.set_task_state(&key, t.state, status.clone(), now);
+                        self.send_event(&key.0, Event::update(status));
+                    }
+                }
+                _ => pending.push(AgentEvent::kill(key.0.clone(), key.1.clone())),
+            }
+        }
+        // Tasks the master has on this agent that the agent does not report.
+        let missing: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(k, t)| &t.agent_id == id && !reported.contains(*k) && !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in missing {
+            let (state, reason, message) = if rebooted {
+                (
+                    TaskState::Gone,
+                    Reason::AgentRestarted,
+                    "the agent's host rebooted",
+                )
+            } else {
+                (
+                    TaskState::Lost,
+                    Reason::Reconciliation,
+                    "the agent no longer has this task",
+                )
+            };
+            self.master_update(&key, state, reason, message, now);
+        }
+        let was_unreachable = self
+            .agents
+            .get(id)
+            .is_some_and(|a| a.health != AgentHealth::Active);
+        self.allocator.update_agent(id, total.clone());
+        if let Some(agent) = self.agents.get_mut(id) {
+            agent.info = reg;
+            agent.total = total;
+            agent.health = AgentHealth::Active;
+            agent.last_seen = now;
+            agent.reregistered_time = Some(wall_seconds());
+            agent.pending.extend(pending);
+        }
+        tracing::info!(agent = %id, was_unreachable, rebooted, "agent re-registered");
+    }
+
+    /// Opens the agent's event stream: SUBSCRIBED first, then queued events. Replaces an
+    /// earlier stream of the same agent.
+    ///
+    /// # Errors
+    /// The agent is unknown or unreachable (it must re-register first).
+    pub fn agent_subscribe(
+        &mut self,
+        id: &AgentId,
+        now: Instant,
+    ) -> Result<(u64, mpsc::Receiver<AgentEvent>), AgentError> {
+        self.touch_agent(id, now)?;
+        let registered = self.registered(id);
+        let (outbox, rx) = Outbox::bounded(self.cfg.subscriber_queue);
+        let seq = self.next_seq();
+        let agent = self
+            .agents
+            .get_mut(id)
+            .expect("touched above: the agent exists");
+        outbox.send(AgentEvent::subscribed(registered));
+        for e in agent.pending.drain(..) {
+            outbox.send(e);
+        }
+        agent.conn = Some(outbox);
+        agent.conn_seq = seq;
+        self.allocator.activate_agent(id);
+        tracing::info!(agent = %id, "agent subscribed");
+        Ok((seq, rx))
+    }
+
+    /// The agent's stream `seq` closed (the agent went away or the connection broke).
+    pub fn agent_stream_closed(&mut self, id: &AgentId, seq: u64) {
+        if let Some(a) = self.agents.get_mut(id) {
+            if a.conn_seq == seq && a.conn.is_some() {
+                a.conn = None;
+                self.allocator.deactivate_agent(id);
+                tracing::info!(agent = %id, "agent stream closed");
+            }
+        }
+    }
+
+    /// Marks agents silent for longer than the agent timeout unreachable.
+    pub(crate) fn check_agents(&mut self, now: Instant) {
+        let timeout = self.cfg.agent_timeout;
+        let silent: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|a| {
+                a.health == AgentHealth::Active && now.duration_since(a.last_seen) > timeout
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        for id in silent {
+            self.mark_unreachable(&id, now);
+        }
+    }
+
+    /// Marks an agent unreachable: its offers are rescinded, its tasks reported
+    /// TASK_UNREACHABLE (TASK_LOST to frameworks that are not PARTITION_AWARE, as Mesos
+    /// does), and every framework gets a FAILURE event for it.
+    pub fn mark_unreachable(&mut self, id: &AgentId, now: Instant) {
+        let since = wall_seconds();
+        let Some(agent) = self.agents.get_mut(id) else {
+            return;
+        };
+        tracing::warn!(agent = %id, "agent unreachable: no call within the agent timeout");
+        agent.health = AgentHealth::Unreachable { since };
+        agent.conn = None;
+        self.counters.agents_unreachable_marked += 1;
+        self.registry.unreachable.insert(id.value.clone(), since);
+        self.persist();
+        self.allocator.deactivate_agent(id);
+        self.rescind_agent_offers(id, now);
+        let keys: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| &t.agent_id == id && !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let mut status = TaskStatus::new(key.1.clone(), TaskState::Unreachable, Source::Master);
+            status.agent_id = Some(id.clone());
+            status.reason = Some(Reason::AgentDisconnected);
+            status.message = Some("the agent is unreachable".into());
+            status.timestamp = Some(since);
+            if let Some(t) = self.tasks.get_mut(&key) {
+                t.state = TaskState::Unreachable;
+                t.statuses.push(status.clone());
+            }
+            let partition_aware = self
+                .frameworks
+                .get(&key.0)
+                .is_some_and(|f| f.info.has_capability("PARTITION_AWARE"));
+            if !partition_aware {
+                status.state = TaskState::Lost;
+                status.reason = Some(Reason::AgentRemoved);
+            }
+            self.send_event(&key.0, Event::update(status));
+        }
+        let fws: Vec<FrameworkId> = self.frameworks.keys().cloned().collect();
+        for fw in fws {
+            self.send_event(
+                &fw,
+                Event::failure(Failure {
+                    agent_id: Some(id.clone()),
+                    executor_id: None,
+                    status: None,
+                }),
+            );
+        }
+    }
+}

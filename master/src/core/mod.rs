@@ -1,0 +1,394 @@
+//! The master's core: a typed state machine over agents, frameworks, offers and tasks, driven
+//! by typed calls ([`Master::scheduler_call`], [`Master::agent_call`], [`Master::tick`], ...).
+//! It never sees HTTP: the API layer ([`crate::http`]) parses requests into these calls and
+//! renders the results. Subscribers (framework and agent streams) are bounded channels of
+//! typed events; a subscriber whose queue is full is disconnected rather than buffered
+//! without bound (MESOS-7748).
+
+mod agents;
+mod frameworks;
+mod offers;
+mod tasks;
+pub mod validation;
+pub mod views;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_api::protocol::AgentEvent;
+use cairn_api::v1::mesos::{Address, MasterInfo};
+use cairn_api::v1::scheduler::Event;
+use cairn_api::{AgentId, FrameworkId, OfferId, TaskId};
+use tokio::sync::mpsc;
+
+pub use agents::{Agent, AgentError, AgentHealth, AgentReply};
+pub use frameworks::{Framework, NewSubscription, SchedulerError, Subscription};
+pub use offers::OfferEntry;
+pub use tasks::TaskEntry;
+
+use crate::allocator::{Allocator, AllocatorConfig};
+use crate::registry::{FileRegistry, Registry};
+
+/// The Mesos version whose APIs Cairn speaks; reported by `/version` and in `MasterInfo`.
+pub const MESOS_API_VERSION: &str = "1.11.0";
+
+/// Settings of the core (the HTTP-facing ones live in [`crate::config`]).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Interval of HEARTBEAT events to frameworks (Mesos: 15 s).
+    pub framework_heartbeat: Duration,
+    /// Interval an agent must send HEARTBEAT calls at.
+    pub agent_heartbeat: Duration,
+    /// An agent silent this long is marked unreachable (Mesos's `agent_ping_timeout` x
+    /// `max_agent_ping_timeouts`, 75 s).
+    pub agent_timeout: Duration,
+    /// Outstanding offers are rescinded after this long (Mesos's `--offer_timeout`; none
+    /// by default).
+    pub offer_timeout: Option<Duration>,
+    /// Events queued per subscriber before it is disconnected as stalled.
+    pub subscriber_queue: usize,
+    /// Completed tasks and frameworks kept for the APIs.
+    pub max_completed_tasks: usize,
+    pub max_completed_frameworks: usize,
+    /// The master's advertised address.
+    pub hostname: String,
+    pub ip: std::net::Ipv4Addr,
+    pub port: u16,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            framework_heartbeat: Duration::from_secs(15),
+            agent_heartbeat: Duration::from_secs(15),
+            agent_timeout: Duration::from_secs(75),
+            offer_timeout: None,
+            subscriber_queue: 1000,
+            max_completed_tasks: 1000,
+            max_completed_frameworks: 50,
+            hostname: "localhost".into(),
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            port: 5050,
+        }
+    }
+}
+
+/// Counters for `/metrics/snapshot` (Mesos's names live in [`views`]).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub valid_status_updates: u64,
+    pub invalid_status_updates: u64,
+    pub offers_declined: u64,
+    pub offers_rescinded: u64,
+    pub offers_sent: u64,
+    pub tasks_launched: u64,
+    pub frameworks_disconnected_stalled: u64,
+    pub agent_registrations: u64,
+    pub agent_reregistrations: u64,
+    pub agents_unreachable_marked: u64,
+    pub allocation_runs: u64,
+    pub last_allocation_ms: f64,
+    pub messages_scheduler_calls: u64,
+    pub messages_agent_calls: u64,
+}
+
+/// A bounded event queue to one subscriber.
+#[derive(Debug)]
+pub struct Outbox<E> {
+    tx: mpsc::Sender<E>,
+}
+
+impl<E> Outbox<E> {
+    /// A queue holding up to `capacity` events, and its receiving end.
+    pub fn bounded(capacity: usize) -> (Self, mpsc::Receiver<E>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx }, rx)
+    }
+
+    /// Queues `event`; false when the subscriber is gone or stalled (queue full).
+    pub fn send(&self, event: E) -> bool {
+        self.tx.try_send(event).is_ok()
+    }
+}
+
+/// The master.
+#[derive(Debug)]
+pub struct Master {
+    pub(crate) cfg: CoreConfig,
+    pub(crate) info: MasterInfo,
+    pub(crate) start_time: f64,
+    seq: u64,
+    pub(crate) agents: BTreeMap<AgentId, Agent>,
+    pub(crate) frameworks: BTreeMap<FrameworkId, Framework>,
+    pub(crate) completed_frameworks: VecDeque<Framework>,
+    pub(crate) offers: HashMap<OfferId, OfferEntry>,
+    pub(crate) tasks: BTreeMap<(FrameworkId, TaskId), TaskEntry>,
+    pub(crate) completed_tasks: VecDeque<TaskEntry>,
+    pub(crate) allocator: Allocator,
+    pub(crate) registry: Registry,
+    store: Option<FileRegistry>,
+    pub(crate) counters: Counters,
+    last_heartbeat: Instant,
+}
+
+/// Seconds since the epoch, as Mesos's timestamps.
+pub fn wall_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// 16 random-enough bytes from the standard library's randomly keyed hasher, the clock and
+/// a counter: ids and update uuids need uniqueness, not secrecy.
+pub fn random_bytes() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_usize(i);
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
+}
+
+/// A UUID-shaped text id (`8-4-4-4-12` hex).
+pub fn uuid_text() -> String {
+    let b = random_bytes();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl Master {
+    /// A master with the given registry (admitted agents, weights, quotas) and, in
+    /// standalone mode, the file it is saved to.
+    pub fn new(cfg: CoreConfig, registry: Registry, store: Option<FileRegistry>) -> Self {
+        let id = uuid_text();
+        let info = MasterInfo {
+            id: id.clone(),
+            ip: cairn_api::v1::mesos::ipv4_to_mesos(cfg.ip),
+            port: cfg.port,
+            pid: Some(format!("master@{}:{}", cfg.ip, cfg.port)),
+            hostname: Some(cfg.hostname.clone()),
+            version: Some(MESOS_API_VERSION.into()),
+            address: Some(Address {
+                hostname: Some(cfg.hostname.clone()),
+                ip: Some(cfg.ip.to_string()),
+                port: cfg.port,
+            }),
+        };
+        let mut allocator = Allocator::new(AllocatorConfig::default());
+        allocator.set_weights(registry.weights.clone());
+        for (role, q) in &registry.quotas {
+            if let (Ok(g), Ok(l)) = (
+                cairn_api::Resources::parse(&q.guarantee),
+                cairn_api::Resources::parse(&q.limit),
+            ) {
+                allocator.set_quota(role, g, Some(l));
+            }
+        }
+        Self {
+            cfg,
+            info,
+            start_time: wall_seconds(),
+            seq: 0,
+            agents: BTreeMap::new(),
+            frameworks: BTreeMap::new(),
+            completed_frameworks: VecDeque::new(),
+            offers: HashMap::new(),
+            tasks: BTreeMap::new(),
+            completed_tasks: VecDeque::new(),
+            allocator,
+            registry,
+            store,
+            counters: Counters::default(),
+            last_heartbeat: Instant::now(),
+        }
+    }
+
+    pub fn info(&self) -> &MasterInfo {
+        &self.info
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// The next number in the master's id sequences.
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Saves the registry (standalone mode). A failed write is logged; the in-memory state
+    /// stays authoritative until the next successful write.
+    pub(crate) fn persist(&self) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save(&self.registry) {
+                tracing::error!("cannot save the registry: {e}");
+            }
+        }
+    }
+
+    /// Periodic work: allocation, offer timeouts, agent health, framework failover timeouts,
+    /// heartbeats. Called by the runtime every allocation interval, and after changes.
+    pub fn tick(&mut self, now: Instant) {
+        self.check_agents(now);
+        self.expire_frameworks(now);
+        self.expire_offers(now);
+        if now.duration_since(self.last_heartbeat) >= self.cfg.framework_heartbeat {
+            self.last_heartbeat = now;
+            self.heartbeat_all();
+        }
+        self.allocate(now);
+    }
+
+    fn heartbeat_all(&mut self) {
+        let ids: Vec<FrameworkId> = self.frameworks.keys().cloned().collect();
+        for id in ids {
+            self.send_event(&id, Event::heartbeat());
+        }
+        for agent in self.agents.values_mut() {
+            if let Some(c) = &agent.conn {
+                if !c.send(AgentEvent::heartbeat()) {
+                    agent.conn = None;
+                }
+            }
+        }
+    }
+
+    /// Sends `event` to a framework's stream; a gone or stalled subscriber is disconnected.
+    pub(crate) fn send_event(&mut self, fw: &FrameworkId, event: Event) -> bool {
+        let Some(f) = self.frameworks.get_mut(fw) else {
+            return false;
+        };
+        let Some(sub) = &f.subscription else {
+            return false;
+        };
+        if sub.outbox.send(event) {
+            return true;
+        }
+        let stream = sub.stream_id.clone();
+        tracing::warn!(framework = %fw, "framework subscriber is gone or stalled: disconnecting it");
+        self.counters.frameworks_disconnected_stalled += 1;
+        self.framework_disconnected(fw, &stream, Instant::now());
+        false
+    }
+
+    /// Sends `event` to an agent's stream; false when it is not connected (or stalled, and
+    /// then disconnected).
+    pub(crate) fn send_agent(&mut self, agent: &AgentId, event: AgentEvent) -> bool {
+        let Some(a) = self.agents.get_mut(agent) else {
+            return false;
+        };
+        let Some(conn) = &a.conn else {
+            return false;
+        };
+        if conn.send(event) {
+            return true;
+        }
+        tracing::warn!(agent = %agent, "agent subscriber is gone or stalled: disconnecting it");
+        a.conn = None;
+        self.allocator.deactivate_agent(agent);
+        false
+    }
+}
+
+/// Why an operator call was refused (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OperatorError(pub String);
+
+impl Master {
+    /// UPDATE_WEIGHTS: stored in the registry and given to the allocator.
+    ///
+    /// # Errors
+    /// A weight that is not a positive number, or an empty role.
+    pub fn update_weights(
+        &mut self,
+        infos: &[cairn_api::v1::mesos::WeightInfo],
+    ) -> Result<(), OperatorError> {
+        for w in infos {
+            if w.role.is_empty() || !w.weight.is_finite() || w.weight <= 0.0 {
+                return Err(OperatorError(format!(
+                    "Invalid weight {} for role '{}': weights must be positive numbers for non-empty roles",
+                    w.weight, w.role
+                )));
+            }
+        }
+        for w in infos {
+            self.registry.weights.insert(w.role.clone(), w.weight);
+        }
+        self.persist();
+        self.allocator.set_weights(self.registry.weights.clone());
+        Ok(())
+    }
+
+    /// UPDATE_QUOTA: guarantees and limits per role, stored and given to the allocator.
+    ///
+    /// # Errors
+    /// A negative quantity, or a guarantee above its limit.
+    pub fn update_quota(
+        &mut self,
+        configs: &[cairn_api::v1::mesos::QuotaConfig],
+    ) -> Result<(), OperatorError> {
+        let text = |q: &cairn_api::v1::mesos::ResourceQuantities| {
+            q.iter()
+                .map(|(n, s)| format!("{n}:{}", s.value))
+                .collect::<Vec<_>>()
+                .join(";")
+        };
+        let mut parsed = Vec::new();
+        for c in configs {
+            if c.role.is_empty() || c.role == "*" {
+                return Err(OperatorError(format!("Invalid quota role '{}'", c.role)));
+            }
+            let g = cairn_api::Resources::parse(&text(&c.guarantees)).map_err(|e| {
+                OperatorError(format!("Invalid guarantees for role '{}': {e}", c.role))
+            })?;
+            let l = cairn_api::Resources::parse(&text(&c.limits))
+                .map_err(|e| OperatorError(format!("Invalid limits for role '{}': {e}", c.role)))?;
+            for name in g.scalar_names() {
+                if c.limits.contains_key(name) && g.scalar(name) > l.scalar(name) {
+                    return Err(OperatorError(format!(
+                        "Role '{}': guarantee of {name} ({}) exceeds its limit ({})",
+                        c.role,
+                        g.scalar(name),
+                        l.scalar(name)
+                    )));
+                }
+            }
+            parsed.push((c.role.clone(), text(&c.guarantees), text(&c.limits), g, l));
+        }
+        for (role, gt, lt, g, l) in parsed {
+            self.allocator.set_quota(&role, g, (!l.is_empty()).then_some(l));
+            self.registry.quotas.insert(
+                role,
+                crate::registry::Quota {
+                    guarantee: gt,
+                    limit: lt,
+                },
+            );
+        }
+        self.persist();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

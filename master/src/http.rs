@@ -1,0 +1,476 @@
+//! The master's HTTP layer (axum): each route parses its request into a typed call on
+//! [`crate::core::Master`], and renders the result with Mesos's status codes. Nothing here
+//! decides anything.
+//!
+//! - `POST /api/v1/scheduler`: the v1 scheduler API (SUBSCRIBE streams RecordIO events).
+//! - `POST /api/v1`: the v1 operator API (and, as Mesos routes by prefix, `/api/v1/*`).
+//! - `POST /api/v1/agent`: the agent protocol ([`cairn_api::protocol`]).
+//! - `GET /state` (and `/master/state`, `/state.json`), `/version`, `/health`,
+//!   `/metrics/snapshot`, `/metrics` (Prometheus text).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use cairn_api::protocol::{AgentCall, AgentCallType};
+use cairn_api::recordio;
+use cairn_api::v1::master as op;
+use cairn_api::v1::scheduler::{Call, CallType};
+use cairn_api::FrameworkId;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::core::{AgentError, AgentReply, Master, SchedulerError, MESOS_API_VERSION};
+
+/// The master shared between request handlers and the periodic ticker.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    master: Arc<Mutex<Master>>,
+}
+
+impl Shared {
+    pub fn new(master: Master) -> Self {
+        Self {
+            master: Arc::new(Mutex::new(master)),
+        }
+    }
+
+    /// Locks the master; a handler that panicked while holding it leaves the state as it
+    /// was at the panic, which is still the best state there is.
+    pub fn lock(&self) -> MutexGuard<'_, Master> {
+        self.master.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs [`Master::tick`] every `interval` until the process ends.
+    pub fn spawn_ticker(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                shared.lock().tick(Instant::now());
+            }
+        })
+    }
+}
+
+/// All the master's routes.
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/api/v1/scheduler", post(scheduler))
+        .route("/master/api/v1/scheduler", post(scheduler))
+        .route(cairn_api::protocol::AGENT_API_PATH, post(agent))
+        .route("/api/v1", post(operator))
+        .route("/api/v1/{*rest}", post(operator))
+        .route("/master/api/v1", post(operator))
+        .route("/state", get(state))
+        .route("/state.json", get(state))
+        .route("/master/state", get(state))
+        .route("/master/state.json", get(state))
+        .route("/version", get(version))
+        .route("/health", get(health))
+        .route("/master/health", get(health))
+        .route("/metrics/snapshot", get(snapshot))
+        .route("/metrics", get(prometheus))
+        .with_state(shared)
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message.into(),
+    )
+        .into_response()
+}
+
+fn json_response(value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Mesos's content negotiation: the body must be JSON (protobuf is not served: 415), and
+/// the response type the client accepts must include JSON (406).
+fn check_media(headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return Err(Box::new(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Expecting 'Content-Type' of application/json (Cairn does not serve \
+                 application/x-protobuf); got {content_type:?}"
+            ),
+        )));
+    }
+    if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        let ok = accept.split(',').any(|a| {
+            let a = a.trim();
+            a.starts_with("application/json")
+                || a.starts_with("*/*")
+                || a.starts_with("application/*")
+        });
+        if !ok {
+            return Err(Box::new(text(
+                StatusCode::NOT_ACCEPTABLE,
+                format!("Expecting 'Accept' to allow application/json; got {accept:?}"),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `on_close` when the response body (the event stream) is dropped: the client went
+/// away, or the core closed the queue.
+struct CloseGuard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for CloseGuard<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+/// A chunked body of RecordIO-framed JSON events from `rx`.
+fn event_stream<E: Serialize + Send + 'static>(
+    mut rx: mpsc::Receiver<E>,
+    on_close: impl FnMut() + Send + 'static,
+) -> Body {
+    let guard = CloseGuard(on_close);
+    let stream = async_stream(move |tx| async move {
+        let _guard = guard;
+        while let Some(event) = rx.recv().await {
+            let Ok(json) = serde_json::to_vec(&event) else {
+                continue;
+            };
+            if tx
+                .send(Ok(Bytes::from(recordio::encode(&json))))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// A tiny generator: `f` feeds a channel whose receiving end is the stream.
+fn async_stream<F, Fut>(f: F) -> tokio_stream_shim::ReceiverStream
+where
+    F: FnOnce(mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    // One frame in flight: back-pressure reaches the core's bounded queue, which then
+    // detects a stalled client (MESOS-7748).
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(f(tx));
+    tokio_stream_shim::ReceiverStream(rx)
+}
+
+mod tokio_stream_shim {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use axum::body::Bytes;
+    use tokio::sync::mpsc;
+
+    /// `tokio_stream::wrappers::ReceiverStream`, without the extra crate.
+    #[derive(Debug)]
+    pub struct ReceiverStream(pub mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+    impl futures_core::Stream for ReceiverStream {
+        type Item = Result<Bytes, std::io::Error>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+async fn scheduler(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = check_media(&headers) {
+        return *r;
+    }
+    let call: Call = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to convert JSON into Call protobuf: {e}"),
+            )
+        }
+    };
+    let now = Instant::now();
+    if call.kind == CallType::Subscribe {
+        if let Err(e) = call.validate() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to validate scheduler::Call: {e}"),
+            );
+        }
+        let sub = call.subscribe.expect("validated: subscribe is present");
+        let result = {
+            let mut m = shared.lock();
+            let r = m.subscribe(call.framework_id, sub, now);
+            m.tick(now);
+            r
+        };
+        return match result {
+            Ok(s) => {
+                let fw: FrameworkId = s.framework_id.clone();
+                let stream_id = s.stream_id.clone();
+                let closer = shared.clone();
+                let body = event_stream(s.events, move || {
+                    closer
+                        .lock()
+                        .framework_disconnected(&fw, &stream_id, Instant::now());
+                });
+                let mut resp = Response::new(body);
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&s.stream_id) {
+                    h.insert("Mesos-Stream-Id", v);
+                }
+                resp
+            }
+            Err(e) => scheduler_error(e),
+        };
+    }
+    let stream_id = headers
+        .get("Mesos-Stream-Id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let result = {
+        let mut m = shared.lock();
+        let r = m.scheduler_call(call, stream_id.as_deref(), now);
+        m.tick(now);
+        r
+    };
+    match result {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => scheduler_error(e),
+    }
+}
+
+fn scheduler_error(e: SchedulerError) -> Response {
+    match e {
+        SchedulerError::BadRequest(m) => text(StatusCode::BAD_REQUEST, m),
+        SchedulerError::Forbidden(m) => text(StatusCode::FORBIDDEN, m),
+    }
+}
+
+async fn agent(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = check_media(&headers) {
+        return *r;
+    }
+    let call: AgentCall = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("malformed agent call: {e}"),
+            )
+        }
+    };
+    let now = Instant::now();
+    if call.kind == AgentCallType::Subscribe {
+        let Some(id) = call.agent_id else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "expecting 'agent_id' to be present",
+            );
+        };
+        let result = shared.lock().agent_subscribe(&id, now);
+        return match result {
+            Ok((seq, rx)) => {
+                let closer = shared.clone();
+                let body = event_stream(rx, move || closer.lock().agent_stream_closed(&id, seq));
+                let mut resp = Response::new(body);
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
+            Err(e) => agent_error(&e),
+        };
+    }
+    let result = {
+        let mut m = shared.lock();
+        let r = m.agent_call(call, now);
+        m.tick(now);
+        r
+    };
+    match result {
+        Ok(AgentReply::Registered(r)) => json_response(&r),
+        Ok(AgentReply::Accepted) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => agent_error(&e),
+    }
+}
+
+fn agent_error(e: &AgentError) -> Response {
+    let status = match e {
+        AgentError::Invalid(_) => StatusCode::BAD_REQUEST,
+        AgentError::NotFound(_) => StatusCode::NOT_FOUND,
+        AgentError::Gone(_) => StatusCode::CONFLICT,
+    };
+    text(status, e.to_string())
+}
+
+async fn operator(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = check_media(&headers) {
+        return *r;
+    }
+    let call: op::Call = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to convert JSON into Call protobuf: {e}"),
+            )
+        }
+    };
+    let now = Instant::now();
+    let mut m = shared.lock();
+    let mut r = op::Response::new(call.kind);
+    match call.kind {
+        op::CallType::GetHealth => r.get_health = Some(op::GetHealth { healthy: true }),
+        op::CallType::GetVersion => {
+            r.get_version = Some(op::GetVersion {
+                version_info: version_info(),
+            });
+        }
+        op::CallType::GetState => r.get_state = Some(m.get_state()),
+        op::CallType::GetAgents => r.get_agents = Some(m.get_agents()),
+        op::CallType::GetFrameworks => r.get_frameworks = Some(m.get_frameworks()),
+        op::CallType::GetExecutors => r.get_executors = Some(op::GetExecutors::default()),
+        op::CallType::GetTasks => r.get_tasks = Some(m.get_tasks()),
+        op::CallType::GetRoles => r.get_roles = Some(m.get_roles()),
+        op::CallType::GetWeights => r.get_weights = Some(m.get_weights()),
+        op::CallType::GetQuota => r.get_quota = Some(m.get_quota()),
+        op::CallType::GetMaster => r.get_master = Some(m.get_master()),
+        op::CallType::UpdateWeights => {
+            let Some(u) = call.update_weights else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "Expecting 'update_weights' to be present",
+                );
+            };
+            return match m.update_weights(&u.weight_infos) {
+                Ok(()) => StatusCode::OK.into_response(),
+                Err(e) => text(StatusCode::BAD_REQUEST, e.0),
+            };
+        }
+        op::CallType::UpdateQuota => {
+            let Some(u) = call.update_quota else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "Expecting 'update_quota' to be present",
+                );
+            };
+            return match m.update_quota(&u.quota_configs) {
+                Ok(()) => StatusCode::OK.into_response(),
+                Err(e) => text(StatusCode::BAD_REQUEST, e.0),
+            };
+        }
+        op::CallType::Teardown => {
+            let Some(t) = call.teardown else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "Expecting 'teardown' to be present",
+                );
+            };
+            return if m.remove_framework(&t.framework_id, now) {
+                StatusCode::OK.into_response()
+            } else {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("No framework found with specified ID: {}", t.framework_id),
+                )
+            };
+        }
+        op::CallType::GetFlags | op::CallType::GetMetrics | op::CallType::Unknown => {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "{:?} is not supported by Cairn (see docs/master.md)",
+                    call.kind
+                ),
+            );
+        }
+    }
+    drop(m);
+    json_response(&r)
+}
+
+fn version_info() -> op::VersionInfo {
+    op::VersionInfo {
+        version: MESOS_API_VERSION.into(),
+        build_date: None,
+        build_time: Some(0.0),
+        build_user: None,
+        git_sha: None,
+    }
+}
+
+async fn version() -> Response {
+    let parts: Vec<u64> = MESOS_API_VERSION
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    json_response(&serde_json::json!({
+        "version": MESOS_API_VERSION,
+        "version_major": parts.first(),
+        "version_minor": parts.get(1),
+        "version_patch": parts.get(2),
+        "cairn_version": env!("CARGO_PKG_VERSION"),
+        "build_date": "",
+        "build_time": 0.0,
+        "build_user": "",
+    }))
+}
+
+async fn health() -> Response {
+    StatusCode::OK.into_response()
+}
+
+async fn state(State(shared): State<Shared>) -> Response {
+    let v = shared.lock().state_json();
+    json_response(&v)
+}
+
+async fn snapshot(State(shared): State<Shared>) -> Response {
+    let v = shared.lock().metrics_snapshot();
+    json_response(&v)
+}
+
+async fn prometheus(State(shared): State<Shared>) -> Response {
+    let snapshot = shared.lock().metrics_snapshot();
+    match crate::metrics::render(&snapshot) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            body,
+        )
+            .into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
