@@ -164,9 +164,30 @@ pub fn run(args: &LaunchArgs) -> anyhow::Result<i32> {
     }
     let termination = containerizer.wait(&id)?;
     let _ = printer.join();
-    println!("sandbox: {}", containerizer.layout().sandbox(&id).display());
+    let sandbox = containerizer.layout().sandbox(&id);
+    for stream in ["stdout", "stderr"] {
+        print_tail(&sandbox.join(stream), stream);
+    }
+    println!("sandbox: {}", sandbox.display());
     containerizer.forget(&id)?;
     Ok(termination.exit_code())
+}
+
+/// Prints the last 4 KiB of a sandbox log, if it has any.
+fn print_tail(path: &std::path::Path, name: &str) {
+    const TAIL: usize = 4096;
+    let Ok(bytes) = std::fs::read(path) else {
+        return;
+    };
+    if bytes.is_empty() {
+        return;
+    }
+    let start = bytes.len().saturating_sub(TAIL);
+    println!("--- {name} ---");
+    print!("{}", String::from_utf8_lossy(&bytes[start..]));
+    if !bytes.ends_with(b"\n") {
+        println!();
+    }
 }
 
 /// Ctrl-C (or SIGTERM) kills the task with grace instead of leaving it behind.

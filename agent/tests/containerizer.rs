@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use cairn_agent::containerizer::{
-    Containerizer, ContainerizerConfig, LaunchRequest, TaskCommand, Termination,
+    Containerizer, ContainerizerConfig, ContainerizerError, LaunchRequest, TaskCommand, Termination,
 };
 use cairn_api::{Reason, Resources, TaskState};
 use cairn_testsupport::images::TestImages;
@@ -366,6 +366,11 @@ fn recovery_readopts_running_containers_and_reports_exits_needs_root() {
         .map(|id| c.record(id).unwrap().init.unwrap().pid)
         .collect();
     let layout = c.layout().clone();
+    // One agent per work directory.
+    assert!(matches!(
+        Containerizer::start(fx.config.clone()),
+        Err(ContainerizerError::Locked(_))
+    ));
     // The agent dies: supervisors and containers keep running.
     drop(c);
     for id in &exiters {

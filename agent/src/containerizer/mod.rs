@@ -115,6 +115,8 @@ struct Inner {
     changed: Condvar,
     listeners: Mutex<Vec<mpsc::Sender<Event>>>,
     stop: AtomicBool,
+    /// The work directory's lock, held while this containerizer lives.
+    _lock: fs::File,
 }
 
 /// Runs tasks in containers; see the module docs. Dropping it stops monitoring and leaves
@@ -181,6 +183,23 @@ impl Containerizer {
         ] {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         }
+        // One containerizer per work directory: a second one would "recover" (and destroy)
+        // the first one's launches in flight.
+        let lock_path = layout.meta().join("containerizer.lock");
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        if rustix::fs::flock(
+            &lock_file,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .is_err()
+        {
+            return Err(ContainerizerError::Locked(lock_path));
+        }
         let isolators = cairn_isolators::registry::build(
             &config.isolation,
             &IsolatorsConfig {
@@ -194,6 +213,7 @@ impl Containerizer {
             cgroup_parent: PathBuf::from("/"),
         })?;
         let inner = Arc::new(Inner {
+            _lock: lock_file,
             layers: LayerCache::new(layout.images()),
             config,
             layout,

@@ -145,6 +145,9 @@ pub enum ContainerizerError {
         #[source]
         source: std::io::Error,
     },
+    /// Another containerizer (agent) holds the work directory.
+    #[error("the work directory is in use by another agent (lock {0} is held)")]
+    Locked(std::path::PathBuf),
     /// No container with this id.
     #[error("no container {0}")]
     Unknown(ContainerId),
