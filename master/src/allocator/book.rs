@@ -1,8 +1,7 @@
 //! Bookkeeping shared by the lifecycle calls and the cycle: roles and clients, sorter keys,
 //! eligibility counters, offer filters, and charging allocations.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +9,8 @@ use cairn_api::{FrameworkId, Resources};
 
 use super::qty;
 use super::state::{
-    AgentIdx, Client, ClientIdx, ClientKey, Filter, Framework, FwIdx, Role, RoleIdx, RoleKey, Share,
+    AgentIdx, Client, ClientIdx, ClientKey, Filter, Framework, FwIdx, IdxSet, Role, RoleIdx,
+    RoleKey, Share,
 };
 use super::{Allocator, Policy};
 
@@ -53,8 +53,8 @@ impl Allocator {
             suppressed: false,
             eligible: false,
             allocated: qty::Qty::new(),
-            agents: HashSet::new(),
-            filtered: HashSet::new(),
+            agents: IdxSet::default(),
+            filtered: IdxSet::default(),
             key: None,
         });
         self.frameworks[fi].clients.insert(ri, ci);
@@ -199,7 +199,10 @@ impl Allocator {
 
     /// Installs (or replaces) the filter of client `ci` on agent `ai`.
     pub(super) fn add_filter(&mut self, ci: ClientIdx, ai: AgentIdx, filter: Filter) {
-        self.expiries.push(Reverse((filter.expires, ci, ai)));
+        self.expiries
+            .entry(filter.expires)
+            .or_default()
+            .push((ci, ai));
         let fresh = self.agents[ai].filters.insert(ci, filter).is_none();
         if fresh {
             self.clients[ci].filtered.insert(ai);
@@ -254,18 +257,21 @@ impl Allocator {
 
     /// Removes filters whose time has come.
     pub(super) fn expire_filters(&mut self, now: Instant) {
-        while let Some(Reverse((at, ci, ai))) = self.expiries.peek().copied() {
-            if at > now {
+        while let Some(entry) = self.expiries.first_entry() {
+            if *entry.key() > now {
                 break;
             }
-            self.expiries.pop();
-            let current = self
-                .agents
-                .get(ai)
-                .and_then(|a| a.filters.get(&ci))
-                .is_some_and(|f| f.expires == at);
-            if current {
-                self.remove_filter(ci, ai);
+            let (at, due) = entry.remove_entry();
+            for (ci, ai) in due {
+                // A filter replaced or removed since keeps its old entry here; skip it.
+                let current = self
+                    .agents
+                    .get(ai)
+                    .and_then(|a| a.filters.get(&ci))
+                    .is_some_and(|f| f.expires == at);
+                if current {
+                    self.remove_filter(ci, ai);
+                }
             }
         }
     }

@@ -17,10 +17,10 @@ struct Headroom {
     required: Qty,
 }
 
-/// What to offer: a client and how much of the agent's free scalars.
+/// What to offer: a client and how much of the agent's free scalars (`None`: all of it).
 struct Pick {
     client: ClientIdx,
-    amount: Qty,
+    amount: Option<Qty>,
 }
 
 impl Allocator {
@@ -151,15 +151,13 @@ impl Allocator {
         if r.eligible_clients == 0 || filtered >= r.eligible_clients {
             return None;
         }
-        let amount = match self.cap(ri, hr, quota) {
-            None => a.free_q.clone(),
-            Some(cap) => qty::min(&a.free_q, &cap),
-        };
+        let amount = self.cap(ri, hr, quota).map(|cap| qty::min(&a.free_q, &cap));
+        let offered = amount.as_deref().unwrap_or(&a.free_q);
         if quota {
             // The first stage only serves guarantees: the offer must carry something the
             // role still lacks.
             let lack = deficit(r);
-            if !amount
+            if !offered
                 .iter()
                 .enumerate()
                 .any(|(k, m)| *m > 0 && qty::get(&lack, k) > 0)
@@ -167,7 +165,7 @@ impl Allocator {
                 return None;
             }
         }
-        if !self.allocatable(&amount) {
+        if amount.is_some() && !self.allocatable(offered) {
             return None;
         }
         let client = r
@@ -219,23 +217,24 @@ impl Allocator {
     fn grant(&mut self, ai: AgentIdx, pick: Pick, hr: &mut Headroom, out: &mut Vec<Allocation>) {
         let ci = pick.client;
         let ri = self.clients[ci].role;
+        let a = &mut self.agents[ai];
+        let amount = pick.amount.unwrap_or_else(|| a.free_q.clone());
         if hr.any_quota {
             let lack = deficit(&self.roles[ri]);
-            qty::sub(&mut hr.available, &pick.amount);
-            qty::sub(&mut hr.required, &qty::min(&pick.amount, &lack));
+            qty::sub(&mut hr.available, &amount);
+            qty::sub(&mut hr.required, &qty::min(&amount, &lack));
         }
-        let a = &mut self.agents[ai];
-        let resources = if qty::le(&a.free_q, &pick.amount) {
+        let resources = if qty::le(&a.free_q, &amount) {
             a.free_q.iter_mut().for_each(|m| *m = 0);
             std::mem::take(&mut a.free)
         } else {
-            let part = self.kinds.resources(&pick.amount, Some(&a.free));
+            let part = self.kinds.resources(&amount, Some(&a.free));
             a.free = qty::saturating_minus(&a.free, &part);
-            qty::sub(&mut a.free_q, &pick.amount);
+            qty::sub(&mut a.free_q, &amount);
             part
         };
         let agent = a.id.clone();
-        self.charge(ci, ai, resources.clone(), &pick.amount);
+        self.charge(ci, ai, resources.clone(), &amount);
         out.push(Allocation {
             framework: self.frameworks[self.clients[ci].fw].id.clone(),
             role: self.roles[ri].name.to_string(),

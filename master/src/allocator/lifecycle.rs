@@ -1,13 +1,13 @@
 //! What the master tells the allocator: agents and frameworks coming and going, offers
 //! coming back, suppression, weights, quota and priorities.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cairn_api::{AgentId, FrameworkId, Resources};
 
 use super::qty;
-use super::state::{Agent, AgentIdx, ClientIdx, Filter, FwIdx};
+use super::state::{Agent, AgentIdx, ClientIdx, Filter, FwIdx, IdxMap};
 use super::Allocator;
 
 /// Mesos caps `refuse_seconds` at a year (`MAX_REFUSE_SECONDS`... in practice 365 days).
@@ -39,10 +39,10 @@ impl Allocator {
             total,
             total_q,
             active: true,
-            alloc: HashMap::new(),
-            filters: HashMap::new(),
+            alloc: IdxMap::default(),
+            filters: IdxMap::default(),
             filtered_eligible: 0,
-            filtered_by_role: HashMap::new(),
+            filtered_by_role: IdxMap::default(),
         });
         self.agent_ids.insert(agent, ai);
         let mut summed: BTreeMap<(FrameworkId, String), Resources> = BTreeMap::new();

@@ -39,8 +39,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use cairn_api::{AgentId, FrameworkId, Resources};
@@ -160,7 +159,8 @@ pub struct Allocator {
     total_q: Qty,
     /// Clients that may be offered something (summed over roles).
     eligible_clients: u32,
-    expiries: BinaryHeap<Reverse<(Instant, ClientIdx, AgentIdx)>>,
+    /// Filters by expiry time; recoveries at the same instant share an entry.
+    expiries: BTreeMap<Instant, Vec<(ClientIdx, AgentIdx)>>,
     /// The cluster total changed since the sorters were keyed.
     shares_stale: bool,
     cycles: u64,
@@ -199,7 +199,7 @@ impl Allocator {
             role_sorter: BTreeSet::new(),
             total_q: Qty::new(),
             eligible_clients: 0,
-            expiries: BinaryHeap::new(),
+            expiries: BTreeMap::new(),
             shares_stale: false,
             cycles: 0,
             last_cycle: None,

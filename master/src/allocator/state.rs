@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +15,36 @@ pub(crate) type AgentIdx = usize;
 pub(crate) type FwIdx = usize;
 pub(crate) type RoleIdx = usize;
 pub(crate) type ClientIdx = usize;
+
+/// A multiplicative hasher for slab indices: SipHash's flood resistance buys nothing for
+/// keys the allocator assigns itself, and the cycle hashes several per agent.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdxHasher(u64);
+
+impl Hasher for IdxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// A map keyed by slab index.
+pub(crate) type IdxMap<K, V> = HashMap<K, V, BuildHasherDefault<IdxHasher>>;
+/// A set of slab indices.
+pub(crate) type IdxSet<K> = HashSet<K, BuildHasherDefault<IdxHasher>>;
 
 /// A vector of slots with reuse of freed ones.
 #[derive(Debug)]
@@ -109,13 +140,13 @@ pub(crate) struct Agent {
     pub free_q: Qty,
     pub active: bool,
     /// What each client holds here (offered or in use).
-    pub alloc: HashMap<ClientIdx, Resources>,
+    pub alloc: IdxMap<ClientIdx, Resources>,
     /// Refusal filters by client. Invariant: each covers `free` (see `prune_filters`).
-    pub filters: HashMap<ClientIdx, Filter>,
+    pub filters: IdxMap<ClientIdx, Filter>,
     /// How many of `filters` belong to eligible clients, overall and per role: when these
     /// reach the eligible counts, nobody can be offered this agent and the cycle skips it.
     pub filtered_eligible: u32,
-    pub filtered_by_role: HashMap<RoleIdx, u32>,
+    pub filtered_by_role: IdxMap<RoleIdx, u32>,
 }
 
 #[derive(Debug)]
@@ -141,9 +172,9 @@ pub(crate) struct Client {
     pub eligible: bool,
     pub allocated: Qty,
     /// Agents where this client holds something.
-    pub agents: HashSet<AgentIdx>,
+    pub agents: IdxSet<AgentIdx>,
     /// Agents where this client has a filter.
-    pub filtered: HashSet<AgentIdx>,
+    pub filtered: IdxSet<AgentIdx>,
     /// The key under which it sits in its role's sorter, when eligible.
     pub key: Option<ClientKey>,
 }
