@@ -9,6 +9,8 @@ pub mod allocator;
 pub mod config;
 pub mod core;
 pub mod durable;
+pub mod election;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod zk_registry;
