@@ -13,5 +13,6 @@
 pub mod capacity;
 pub mod checkpoint;
 pub mod containerizer;
+pub mod http;
 pub mod launch;
 pub mod supervisor;

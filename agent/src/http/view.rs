@@ -1,0 +1,188 @@
+//! What the HTTP API reads from the agent: [`AgentView`], the containers and their usage, and
+//! [`AgentInfo`], the agent's identity and resources. [`ContainerizerView`] adapts a real
+//! [`Containerizer`]; the daemon tells it which framework each task belongs to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::SystemTime;
+
+use cairn_api::{ContainerId, Resources, TaskId, TaskState};
+use cairn_isolators::ResourceStatistics;
+
+use crate::capacity::NodeCapacity;
+use crate::containerizer::{ContainerState, Containerizer, Event, Recovery, Termination};
+
+/// One container (and its task) as the HTTP API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerView {
+    pub container_id: ContainerId,
+    pub task_id: TaskId,
+    /// The framework that launched the task; empty when the daemon did not say.
+    pub framework_id: String,
+    /// The task's name; its id when the daemon did not say.
+    pub task_name: String,
+    pub state: ContainerState,
+    /// The task's state as Mesos would report it now.
+    pub task_state: TaskState,
+    /// What the task may use: `cpus`, `mem` (MB), `disk` (MB).
+    pub resources: Resources,
+    pub sandbox: PathBuf,
+    /// How the task ended, once it did.
+    pub termination: Option<Termination>,
+}
+
+impl ContainerView {
+    /// Still running (or about to): not ended yet.
+    pub fn is_active(&self) -> bool {
+        self.termination.is_none()
+    }
+}
+
+/// The agent as the HTTP API reads it. Implemented by [`ContainerizerView`]; a test may
+/// implement it over anything.
+pub trait AgentView: Send + Sync + 'static {
+    /// Every container known, running or ended (until forgotten).
+    fn containers(&self) -> Vec<ContainerView>;
+    /// The container's usage now; `None` when it is gone or cannot be measured.
+    fn usage(&self, id: &ContainerId) -> Option<ResourceStatistics>;
+    /// The directory holding every sandbox: `/files` serves nothing outside it.
+    fn sandboxes(&self) -> PathBuf;
+    /// Container events from now on (for the launch latency histogram and task counters).
+    fn subscribe(&self) -> mpsc::Receiver<Event>;
+}
+
+/// Who launched a task, as the daemon knows from the master's `RunTask`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskMeta {
+    pub framework_id: String,
+    pub name: String,
+}
+
+/// [`AgentView`] over a real [`Containerizer`].
+#[derive(Debug)]
+pub struct ContainerizerView {
+    containerizer: Arc<Containerizer>,
+    tasks: RwLock<HashMap<TaskId, TaskMeta>>,
+}
+
+impl ContainerizerView {
+    pub fn new(containerizer: Arc<Containerizer>) -> Self {
+        Self {
+            containerizer,
+            tasks: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Records the task's framework and name (call before or after launching it).
+    pub fn register_task(&self, task: TaskId, meta: TaskMeta) {
+        self.tasks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(task, meta);
+    }
+}
+
+/// The task state Mesos would report for a container in `state`.
+fn task_state(state: ContainerState, kill_requested: bool, t: Option<&Termination>) -> TaskState {
+    match (t, state) {
+        (Some(t), _) => t.state,
+        (None, _) if kill_requested => TaskState::Killing,
+        (None, ContainerState::Running | ContainerState::Destroying) => TaskState::Running,
+        (None, _) => TaskState::Starting,
+    }
+}
+
+impl AgentView for ContainerizerView {
+    fn containers(&self) -> Vec<ContainerView> {
+        let tasks = self.tasks.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<ContainerView> = self
+            .containerizer
+            .containers()
+            .into_iter()
+            .filter_map(|id| self.containerizer.record(&id))
+            .map(|r| {
+                let meta = tasks.get(&r.task_id).cloned().unwrap_or_default();
+                let mut resources = Resources::new();
+                let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+                for (name, value) in [
+                    ("cpus", r.limits.cpus),
+                    ("mem", mb(r.limits.mem_bytes)),
+                    ("disk", r.limits.disk_bytes.map_or(0.0, mb)),
+                ] {
+                    resources = resources
+                        .clone()
+                        .with_scalar(name, value)
+                        .unwrap_or(resources);
+                }
+                ContainerView {
+                    task_state: task_state(r.state, r.kill_requested, r.termination.as_ref()),
+                    task_name: if meta.name.is_empty() {
+                        r.task_id.as_str().to_string()
+                    } else {
+                        meta.name
+                    },
+                    framework_id: meta.framework_id,
+                    container_id: r.container_id,
+                    task_id: r.task_id,
+                    state: r.state,
+                    resources,
+                    sandbox: r.sandbox,
+                    termination: r.termination,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.task_id.as_str().cmp(b.task_id.as_str()));
+        out
+    }
+
+    fn usage(&self, id: &ContainerId) -> Option<ResourceStatistics> {
+        self.containerizer.usage(id).ok()
+    }
+
+    fn sandboxes(&self) -> PathBuf {
+        self.containerizer.layout().sandboxes()
+    }
+
+    fn subscribe(&self) -> mpsc::Receiver<Event> {
+        self.containerizer.subscribe()
+    }
+}
+
+/// What recovery found at start, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    pub adopted: usize,
+    pub terminated: usize,
+    pub quarantined: usize,
+    pub orphans: usize,
+}
+
+impl From<&Recovery> for RecoveryStats {
+    fn from(r: &Recovery) -> Self {
+        Self {
+            adopted: r.adopted.len(),
+            terminated: r.terminated.len(),
+            quarantined: r.quarantined.len(),
+            orphans: r.orphans.len(),
+        }
+    }
+}
+
+/// The agent's identity and resources, as `/state` and the metrics show them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentInfo {
+    /// The agent id the master assigned (empty before registration).
+    pub id: String,
+    pub hostname: String,
+    /// Mesos's libprocess pid, `slave(1)@<ip>:<port>`.
+    pub pid: String,
+    /// What the node measured.
+    pub capacity: NodeCapacity,
+    /// What the agent offers (capacity minus reservations, plus ports).
+    pub resources: Resources,
+    pub attributes: BTreeMap<String, String>,
+    pub start_time: SystemTime,
+    pub recovery: RecoveryStats,
+}
