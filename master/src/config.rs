@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::CoreConfig;
+use crate::election::{ZkConfig, ZkUrl};
 
 /// Settings in the config file; every key is optional. Unknown keys are refused, naming
 /// the key.
@@ -24,6 +25,11 @@ pub struct FileConfig {
     pub offer_timeout_secs: Option<f64>,
     pub allocation_interval_secs: Option<f64>,
     pub subscriber_queue: Option<usize>,
+    /// `zk://[user:password@]host:port[,host:port...]/path`: elect a leader and keep the
+    /// registry in ZooKeeper (HA). Without it the master runs standalone.
+    pub zk: Option<String>,
+    /// The ZooKeeper session timeout; a leader that loses its session steps down.
+    pub zk_session_timeout_secs: Option<f64>,
 }
 
 /// Why the configuration is unusable.
@@ -48,6 +54,8 @@ pub struct Config {
     pub work_dir: PathBuf,
     pub allocation_interval: Duration,
     pub core: CoreConfig,
+    /// ZooKeeper for leader election and the registry; `None` runs standalone.
+    pub zk: Option<ZkConfig>,
 }
 
 impl FileConfig {
@@ -87,6 +95,10 @@ impl FileConfig {
                 .allocation_interval_secs
                 .or(self.allocation_interval_secs),
             subscriber_queue: over.subscriber_queue.or(self.subscriber_queue),
+            zk: over.zk.or(self.zk),
+            zk_session_timeout_secs: over
+                .zk_session_timeout_secs
+                .or(self.zk_session_timeout_secs),
         }
     }
 
@@ -119,6 +131,20 @@ impl FileConfig {
                 message: "must be at least 1".into(),
             });
         }
+        let zk = match &self.zk {
+            Some(url) => {
+                let url: ZkUrl = url.parse().map_err(|e| ConfigError::Invalid {
+                    key: "zk",
+                    message: format!("{e}"),
+                })?;
+                let mut zk = ZkConfig::new(url);
+                if let Some(v) = self.zk_session_timeout_secs {
+                    zk = zk.with_session_timeout(secs("zk_session_timeout_secs", Some(v), 0.0)?);
+                }
+                Some(zk)
+            }
+            None => None,
+        };
         let core = CoreConfig {
             framework_heartbeat: secs(
                 "framework_heartbeat_secs",
@@ -148,6 +174,7 @@ impl FileConfig {
                 1.0,
             )?,
             core,
+            zk,
         })
     }
 }
@@ -172,5 +199,28 @@ mod tests {
         .to_string();
         assert!(e.contains("agent_timeout_secs"), "{e}");
         assert!(FileConfig::load(&dir.path().join("none.toml"), false).is_ok());
+    }
+
+    #[test]
+    fn zk_selects_ha_and_bad_urls_are_named() {
+        assert!(FileConfig::default().resolve().unwrap().zk.is_none());
+        let cfg = FileConfig {
+            zk: Some("zk://h1:2181,h2:2181/cairn".into()),
+            zk_session_timeout_secs: Some(2.0),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        let zk = cfg.zk.unwrap();
+        assert_eq!(zk.url.path, "/cairn");
+        assert_eq!(zk.session_timeout, Duration::from_secs(2));
+        let e = FileConfig {
+            zk: Some("http://h1/cairn".into()),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("setting zk"), "{e}");
     }
 }

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -26,18 +27,39 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::core::{AgentError, AgentReply, Master, SchedulerError, MESOS_API_VERSION};
+use crate::leadership::{Gate, Route};
 
 /// The master shared between request handlers and the periodic ticker.
 #[derive(Debug, Clone)]
 pub struct Shared {
     master: Arc<Mutex<Master>>,
+    gate: Gate,
 }
 
 impl Shared {
+    /// A standalone master, serving at once.
     pub fn new(master: Master) -> Self {
+        Self::with_gate(master, Gate::leading())
+    }
+
+    /// A master that serves leader-only routes as `gate` says (HA, [`crate::leadership`]).
+    pub fn with_gate(master: Master, gate: Gate) -> Self {
         Self {
             master: Arc::new(Mutex::new(master)),
+            gate,
         }
+    }
+
+    /// Whether this master serves, and where it redirects otherwise.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Replaces the master's state (a new leadership term, or stepping down). The old state
+    /// is dropped outside the lock; its subscriber streams end.
+    pub fn replace(&self, master: Master) {
+        let old = std::mem::replace(&mut *self.lock(), master);
+        drop(old);
     }
 
     /// Locks the master; a handler that panicked while holding it leaves the state as it
@@ -60,15 +82,19 @@ impl Shared {
     }
 }
 
-/// All the master's routes.
+/// All the master's routes. The scheduler, operator and agent APIs are leader-only: a master
+/// that does not lead redirects them ([`leader_only`]); the rest answer locally.
 pub fn router(shared: Shared) -> Router {
-    Router::new()
+    let leader_only_routes = Router::new()
         .route("/api/v1/scheduler", post(scheduler))
         .route("/master/api/v1/scheduler", post(scheduler))
         .route(cairn_api::protocol::AGENT_API_PATH, post(agent))
         .route("/api/v1", post(operator))
         .route("/api/v1/{*rest}", post(operator))
         .route("/master/api/v1", post(operator))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), leader_only));
+    Router::new()
+        .merge(leader_only_routes)
         .route("/state", get(state))
         .route("/state.json", get(state))
         .route("/master/state", get(state))
@@ -79,6 +105,26 @@ pub fn router(shared: Shared) -> Router {
         .route("/metrics/snapshot", get(snapshot))
         .route("/metrics", get(prometheus))
         .with_state(shared)
+}
+
+/// Mesos's `redirect` for a master that does not lead: `307 Temporary Redirect` to the same
+/// path on the leader, or `503` while no leader is known.
+async fn leader_only(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+    match shared.gate().route() {
+        Route::Serve => next.run(request).await,
+        Route::Redirect { authority } => {
+            let path = request
+                .uri()
+                .path_and_query()
+                .map_or("/", axum::http::uri::PathAndQuery::as_str);
+            let location = format!("http://{authority}{path}");
+            match HeaderValue::from_str(&location) {
+                Ok(v) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, v)]).into_response(),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "No leader elected"),
+            }
+        }
+        Route::Unavailable => text(StatusCode::SERVICE_UNAVAILABLE, "No leader elected"),
+    }
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
@@ -458,12 +504,14 @@ async fn state(State(shared): State<Shared>) -> Response {
 }
 
 async fn snapshot(State(shared): State<Shared>) -> Response {
-    let v = shared.lock().metrics_snapshot();
+    let mut v = shared.lock().metrics_snapshot();
+    shared.gate().add_metrics(&mut v);
     json_response(&v)
 }
 
 async fn prometheus(State(shared): State<Shared>) -> Response {
-    let snapshot = shared.lock().metrics_snapshot();
+    let mut snapshot = shared.lock().metrics_snapshot();
+    shared.gate().add_metrics(&mut snapshot);
     match crate::metrics::render(&snapshot) {
         Ok(body) => (
             StatusCode::OK,

@@ -11,6 +11,7 @@ pub mod core;
 pub mod durable;
 pub mod election;
 pub mod http;
+pub mod leadership;
 pub mod metrics;
 pub mod registry;
 pub mod zk_registry;

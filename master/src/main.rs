@@ -6,11 +6,15 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use cairn_master::config::FileConfig;
+use cairn_master::election::MasterInfo;
+use cairn_master::leadership::Gate;
+use cairn_master::registry::Registry;
 use clap::Parser;
 
 /// The Cairn master: keeps the registry of agents and offers their resources to frameworks,
 /// speaking Apache Mesos's v1 scheduler and operator HTTP APIs. Standalone (leader at once,
-/// registry in WORK_DIR/registry.json). Every setting can also be given in the config file
+/// registry in WORK_DIR/registry.json) by default; with --zk, one of several masters electing
+/// a leader in ZooKeeper, the registry kept there (see docs/ha.md). Every setting can also be given in the config file
 /// (same name with underscores, e.g. `agent_timeout_secs = 75`) or as CAIRN_<NAME>.
 #[derive(Debug, Parser)]
 #[command(name = "cairn-master", version, about)]
@@ -52,6 +56,12 @@ struct Args {
     /// Events queued per subscriber before a stalled subscriber is disconnected [default: 1000].
     #[arg(long, env = "CAIRN_SUBSCRIBER_QUEUE")]
     subscriber_queue: Option<usize>,
+    /// ZooKeeper for HA: zk://[user:password@]host:port[,host:port...]/path [default: standalone].
+    #[arg(long, env = "CAIRN_ZK")]
+    zk: Option<String>,
+    /// ZooKeeper session timeout in seconds; a leader that loses its session steps down [default: 10].
+    #[arg(long, env = "CAIRN_ZK_SESSION_TIMEOUT_SECS")]
+    zk_session_timeout_secs: Option<f64>,
 }
 
 #[tokio::main]
@@ -76,18 +86,43 @@ async fn main() -> anyhow::Result<()> {
             offer_timeout_secs: args.offer_timeout_secs,
             allocation_interval_secs: args.allocation_interval_secs,
             subscriber_queue: args.subscriber_queue,
+            zk: args.zk,
+            zk_session_timeout_secs: args.zk_session_timeout_secs,
         })
         .resolve()?;
 
-    let path = cfg.work_dir.join("registry.json");
-    let (store, registry) = cairn_master::registry::FileRegistry::open(&path)?;
-    let master = cairn_master::core::Master::new(cfg.core.clone(), registry, Some(store));
-    let shared = cairn_master::http::Shared::new(master);
-    let ticker = shared.spawn_ticker(cfg.allocation_interval);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    tracing::info!(listen = %cfg.listen, registry = %path.display(), "cairn-master serving (standalone: leading)");
+    let (shared, leadership) = match cfg.zk.clone() {
+        None => {
+            let path = cfg.work_dir.join("registry.json");
+            let (store, registry) = cairn_master::registry::FileRegistry::open(&path)?;
+            let master = cairn_master::core::Master::new(cfg.core.clone(), registry, Some(store));
+            tracing::info!(listen = %cfg.listen, registry = %path.display(), "cairn-master serving (standalone: leading)");
+            (cairn_master::http::Shared::new(master), None)
+        }
+        Some(zk) => {
+            let core = &cfg.core;
+            let info = MasterInfo::new(
+                cairn_master::core::uuid_text(),
+                SocketAddr::new(core.ip.into(), core.port),
+                core.hostname.clone(),
+            );
+            tracing::info!(listen = %cfg.listen, zk = %zk.url, id = %info.id, "cairn-master contending for leadership");
+            let election = cairn_master::election::start(Some(zk), info.clone());
+            let gate = Gate::contending(info.id, election.detector.leader());
+            let standby = cairn_master::core::Master::new(core.clone(), Registry::default(), None);
+            let shared = cairn_master::http::Shared::with_gate(standby, gate);
+            let task = tokio::spawn(cairn_master::leadership::run(
+                election,
+                shared.clone(),
+                core.clone(),
+            ));
+            (shared, Some(task))
+        }
+    };
+    let ticker = shared.spawn_ticker(cfg.allocation_interval);
     axum::serve(listener, cairn_master::http::router(shared))
         .with_graceful_shutdown(async {
             let mut term =
@@ -101,5 +136,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("serving the APIs")?;
     ticker.abort();
+    if let Some(task) = leadership {
+        // Dropping the election closes the ZooKeeper session, removing this master's znode.
+        task.abort();
+    }
     Ok(())
 }

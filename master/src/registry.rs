@@ -70,6 +70,23 @@ pub enum RegistryError {
     TooNew { path: PathBuf, found: u32 },
 }
 
+/// Where the master writes its registry after each change: the file ([`FileRegistry`],
+/// standalone) or ZooKeeper (the fenced [`crate::zk_registry::ZkRegistry`], through
+/// [`crate::leadership::ZkStore`]). A failed write is the store's to log and count; the
+/// master's in-memory state stays authoritative until the next successful write.
+pub trait RegistryStore: std::fmt::Debug + Send {
+    /// Stores (or queues for storing) `registry`.
+    fn store(&self, registry: &Registry);
+}
+
+impl RegistryStore for FileRegistry {
+    fn store(&self, registry: &Registry) {
+        if let Err(e) = self.save(registry) {
+            tracing::error!("cannot save the registry: {e}");
+        }
+    }
+}
+
 /// The standalone registry: one JSON file, replaced atomically on every change.
 #[derive(Debug)]
 pub struct FileRegistry {

@@ -27,7 +27,7 @@ pub use offers::OfferEntry;
 pub use tasks::TaskEntry;
 
 use crate::allocator::{Allocator, AllocatorConfig};
-use crate::registry::{FileRegistry, Registry};
+use crate::registry::{FileRegistry, Registry, RegistryStore};
 
 /// The Mesos version whose APIs Cairn speaks; reported by `/version` and in `MasterInfo`.
 pub const MESOS_API_VERSION: &str = "1.11.0";
@@ -126,7 +126,7 @@ pub struct Master {
     pub(crate) completed_tasks: VecDeque<TaskEntry>,
     pub(crate) allocator: Allocator,
     pub(crate) registry: Registry,
-    store: Option<FileRegistry>,
+    store: Option<Box<dyn RegistryStore>>,
     pub(crate) counters: Counters,
     last_heartbeat: Instant,
 }
@@ -215,10 +215,17 @@ impl Master {
             completed_tasks: VecDeque::new(),
             allocator,
             registry,
-            store,
+            store: store.map(|s| Box::new(s) as Box<dyn RegistryStore>),
             counters: Counters::default(),
             last_heartbeat: Instant::now(),
         }
+    }
+
+    /// A master whose registry changes go to `store` (with ZooKeeper: the fenced registry).
+    pub fn with_store(cfg: CoreConfig, registry: Registry, store: Box<dyn RegistryStore>) -> Self {
+        let mut master = Self::new(cfg, registry, None);
+        master.store = Some(store);
+        master
     }
 
     pub fn info(&self) -> &MasterInfo {
@@ -235,13 +242,11 @@ impl Master {
         self.seq
     }
 
-    /// Saves the registry (standalone mode). A failed write is logged; the in-memory state
-    /// stays authoritative until the next successful write.
+    /// Saves the registry to its store. A failed write is logged by the store; the
+    /// in-memory state stays authoritative until the next successful write.
     pub(crate) fn persist(&self) {
         if let Some(store) = &self.store {
-            if let Err(e) = store.save(&self.registry) {
-                tracing::error!("cannot save the registry: {e}");
-            }
+            store.store(&self.registry);
         }
     }
 
