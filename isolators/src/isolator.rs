@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use cairn_api::{ContainerId, Reason};
@@ -260,6 +261,16 @@ pub trait Isolator: Send + Sync + std::fmt::Debug {
     /// How often `watch` should be polled for this isolator's limitations; `None` when it only
     /// needs to be checked when the container exits.
     fn watch_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Limitations as they happen, for isolators that learn of them from kernel events
+    /// (`cgroups/mem`: OOM kills, see `cgroups::oom_events`): a new receiver of
+    /// `(container, limitation)` for every limitation from now on. A limitation delivered here
+    /// is not returned again by [`Isolator::watch`] (each is reported once); one seen while
+    /// nobody is subscribed is returned by the next `watch`. `None` (the default): poll
+    /// `watch`.
+    fn subscribe(&self) -> Option<Receiver<(ContainerId, Limitation)>> {
         None
     }
 }

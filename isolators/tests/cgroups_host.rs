@@ -62,3 +62,17 @@ fn root_v1_recovery_keeps_known_and_removes_orphans() {
         cgroups_support::recovery_keeps_known_and_removes_orphans(&mut h);
     }
 }
+
+#[test]
+fn root_v1_oom_is_reported_by_event() {
+    if let Some(mut h) = harness("root_v1_oom_is_reported_by_event") {
+        cgroups_support::oom_is_reported_by_event(&mut h);
+    }
+}
+
+#[test]
+fn root_v1_oom_while_down_is_reported_after_recovery() {
+    if let Some(mut h) = harness("root_v1_oom_while_down_is_reported_after_recovery") {
+        cgroups_support::oom_while_down_is_reported_after_recovery(&mut h);
+    }
+}

@@ -6,12 +6,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_api::ContainerId;
 
-use super::{check_name, CgroupError, CgroupVersion, Cgroups, Subsystem};
+use super::oom_events::OomEvents;
+use super::{check_name, memory, CgroupError, CgroupVersion, Cgroups, Subsystem};
 use crate::isolator::{
     ContainerLimits, Isolator, IsolatorError, Limitation, Preparation, RecoveredContainer,
     ResourceStatistics,
@@ -91,6 +93,12 @@ pub trait Controller: Send + Sync + fmt::Debug {
     fn watch_interval(&self) -> Option<Duration> {
         None
     }
+
+    /// Whether this controller's limitations are OOM kills, which the isolator then also
+    /// learns of from kernel events ([`super::oom_events`]) in the container's memory cgroup.
+    fn reports_oom(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug)]
@@ -107,6 +115,9 @@ pub struct CgroupsIsolator {
     backend: Arc<dyn Cgroups>,
     controller: Box<dyn Controller>,
     containers: RwLock<HashMap<ContainerId, Arc<Info>>>,
+    /// The OOM notifier, for a controller that [`Controller::reports_oom`] (when it could
+    /// be started; else `watch` polls).
+    oom: Option<OomEvents>,
 }
 
 impl CgroupsIsolator {
@@ -135,10 +146,20 @@ impl CgroupsIsolator {
                     source: e,
                 },
             })?;
+        let oom = if controller.reports_oom() {
+            OomEvents::start(backend.version())
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "no oom notifier; oom kills are polled");
+                })
+                .ok()
+        } else {
+            None
+        };
         Ok(Self {
             backend,
             controller,
             containers: RwLock::default(),
+            oom,
         })
     }
 
@@ -174,6 +195,17 @@ impl CgroupsIsolator {
                 .iter()
                 .map(|&s| (s, self.backend.dir(s, name)))
                 .collect(),
+        }
+    }
+
+    /// Registers `id` with the OOM notifier (prepare, recover, update: the limit may change).
+    /// A failure only costs the event path: `watch` still reads the counter.
+    fn track_oom(&self, id: &ContainerId, info: &Info) {
+        if let Some(oom) = &self.oom {
+            let dir = info.dirs.get(Subsystem::Memory);
+            if let Err(e) = oom.register(id, dir, memory::hard_limit(&info.limits)) {
+                tracing::warn!(container = %id, error = %e, "oom notification not registered; polled");
+            }
         }
     }
 
@@ -218,6 +250,7 @@ impl Isolator for CgroupsIsolator {
                     dirs,
                     limited: AtomicBool::new(false),
                 };
+                self.track_oom(&c.id, &info);
                 map.insert(c.id.clone(), Arc::new(info));
             } else {
                 // Its cgroup is gone (host reboot, or removed by hand): the containerizer
@@ -269,6 +302,7 @@ impl Isolator for CgroupsIsolator {
             dirs,
             limited: AtomicBool::new(false),
         };
+        self.track_oom(id, &info);
         self.containers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -296,10 +330,12 @@ impl Isolator for CgroupsIsolator {
         if info.limited.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let limitation = self
-            .controller
-            .watch(&info.dirs, &info.limits)
-            .map_err(|e| self.err("watch", id, e))?;
+        let read = || self.controller.watch(&info.dirs, &info.limits);
+        let limitation = match self.oom.as_ref().and_then(|oom| oom.claim(id, read)) {
+            Some(claimed) => claimed,
+            None => read(),
+        }
+        .map_err(|e| self.err("watch", id, e))?;
         if limitation.is_some() && info.limited.swap(true, Ordering::AcqRel) {
             return Ok(None);
         }
@@ -319,6 +355,7 @@ impl Isolator for CgroupsIsolator {
             dirs: info.dirs.clone(),
             limited: AtomicBool::new(info.limited.load(Ordering::Acquire)),
         };
+        self.track_oom(id, &updated);
         self.containers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -343,6 +380,10 @@ impl Isolator for CgroupsIsolator {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
+        // Before the cgroup goes: v1 signals a registered eventfd when its cgroup is removed.
+        if let Some(oom) = &self.oom {
+            oom.deregister(id);
+        }
         if check_name(id.as_str()).is_err() {
             return Ok(()); // nothing can have been created under such a name
         }
@@ -357,5 +398,9 @@ impl Isolator for CgroupsIsolator {
 
     fn watch_interval(&self) -> Option<Duration> {
         self.controller.watch_interval()
+    }
+
+    fn subscribe(&self) -> Option<Receiver<(ContainerId, Limitation)>> {
+        self.oom.as_ref().map(OomEvents::subscribe)
     }
 }

@@ -1,5 +1,6 @@
 //! `cgroups/mem`: the `mem` resource as a hard limit, swap off by default, an optional soft
-//! limit; memory statistics; OOM kills as limitations (see [`super::oom`]).
+//! limit; memory statistics; OOM kills as limitations, by event (see [`super::oom_events`])
+//! with a polled counter (see [`super::oom`]) as the fallback.
 //!
 //! - v2: `memory.max`, `memory.swap.max` (0 unless the limits allow swap; the file exists
 //!   only with swap accounting), `memory.high` for the soft limit, `memory.oom.group` so an
@@ -17,7 +18,8 @@ use crate::isolator::{ContainerLimits, Limitation, ResourceStatistics};
 /// Mesos's `MIN_MEMORY` (32 MB): smaller limits are raised to it, as in Mesos.
 pub const MIN_MEMORY: u64 = 32 << 20;
 
-/// How often the agent should check for OOM kills (one small read per container).
+/// How often the agent should poll for OOM kills (one small read per container, or a look at
+/// what the event thread recorded). Subscribers to the event path need not poll.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The `cgroups/mem` controller.
@@ -181,5 +183,9 @@ impl Controller for Memory {
 
     fn watch_interval(&self) -> Option<Duration> {
         Some(WATCH_INTERVAL)
+    }
+
+    fn reports_oom(&self) -> bool {
+        true
     }
 }

@@ -35,6 +35,7 @@ pub mod io;
 pub mod memory;
 pub mod mount;
 pub mod oom;
+pub mod oom_events;
 pub mod pids;
 pub mod stats;
 pub mod v1;

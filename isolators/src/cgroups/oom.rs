@@ -1,12 +1,15 @@
-//! OOM kills as limitations (Mesos: `REASON_CONTAINER_LIMITATION_MEMORY`).
+//! OOM kills as limitations (Mesos: `REASON_CONTAINER_LIMITATION_MEMORY`): the counter.
 //!
 //! The kernel counts OOM kills per memory cgroup: v2 in `memory.events` (`oom_kill`, which
 //! includes descendants), v1 in `memory.oom_control` (`oom_kill`, Linux 4.13; `under_oom` on
 //! older kernels). A container's cgroup is new, so any kill counted there is the
-//! container's, also one that happened while the agent was down. The check is one small
-//! read, cheap enough to poll every second for every container and to run when a container
-//! exits (the kill is counted before the killed process is reaped), which is why it is
-//! polled rather than waited on with inotify (v2) or a `cgroup.event_control` eventfd (v1).
+//! container's, also one that happened while the agent was down.
+//!
+//! The kill is noticed as it happens by [`super::oom_events`] (inotify on v2's
+//! `memory.events`, a `cgroup.event_control` eventfd on v1), which reads this counter when
+//! the kernel says something changed. [`check`] is also what `watch` runs when no event was
+//! recorded: one small read, cheap enough to poll every second for every container and to
+//! run when a container exits (the kill is counted before the killed process is reaped).
 
 use std::path::Path;
 

@@ -11,11 +11,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cairn_api::{ContainerId, Reason};
-use cairn_isolators::cgroups::{self, CgroupVersion, Cgroups, CgroupsConfig, Subsystem};
+use cairn_isolators::cgroups::{
+    self, oom_events, CgroupVersion, Cgroups, CgroupsConfig, Subsystem,
+};
 use cairn_isolators::registry::{self, IsolatorsConfig};
 use cairn_isolators::{
     ContainerLimits, Isolator, IsolatorError, RecoveredContainer, ResourceStatistics,
@@ -237,6 +240,11 @@ impl Workload {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// The exit status if the workload has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the workload")
+    }
 }
 
 impl Drop for Workload {
@@ -300,6 +308,195 @@ pub fn memory_limit_kills_and_reports(h: &mut Harness) {
     for other in ["cgroups/cpu", "cgroups/pids", "cgroups/io"] {
         assert_eq!(h.isolator(other).watch(&id).expect("watch"), None);
     }
+    h.cleanup(&id);
+    h.assert_clean();
+}
+
+/// The descriptors this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+/// This process's threads named `name`, once that number settles at `want` (a new thread
+/// names itself after it starts; a stopped one is gone once joined), or after 2 s.
+fn threads_named(name: &str, want: usize) -> usize {
+    let count = || {
+        std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(Result::ok)
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = count();
+        if n == want || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The same OOM kill, reported through the event path (`subscribe`: inotify on v2's
+/// `memory.events`, a `cgroup.event_control` eventfd on v1) within a second of the kill,
+/// with usage and limit, exactly once; `watch` then has nothing more to say. One notifier
+/// thread serves the isolator, and cleanup leaves no descriptor behind.
+pub fn oom_is_reported_by_event(h: &mut Harness) {
+    let rx = h
+        .isolator("cgroups/mem")
+        .subscribe()
+        .expect("cgroups/mem reports oom kills by event");
+    assert_eq!(
+        threads_named(oom_events::THREAD_NAME, 1),
+        1,
+        "one notifier thread"
+    );
+    let fds_before = open_fds();
+    let id = h
+        .prepare("oom-event", &limits(1.0, 64 * MIB))
+        .expect("prepare");
+    let fds_registered = open_fds();
+    let mut w = Workload::spawn(
+        "$B awk 'BEGIN { s = \"0123456789abcdef\"; while (length(s) < 209715200) s = s s; print length(s) }'",
+    );
+    h.isolate(&id, w.pid());
+    let started = Instant::now();
+    w.start();
+    // Watch both the channel and the workload; never call `watch` (that is the poll path).
+    let deadline = started + Duration::from_secs(60);
+    let (mut event, mut exit) = (None, None);
+    while (event.is_none() || exit.is_none()) && Instant::now() < deadline {
+        if event.is_none() {
+            match rx.try_recv() {
+                Ok(got) => event = Some((Instant::now(), got)),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => panic!("the notifier hung up"),
+            }
+        }
+        if exit.is_none() {
+            exit = w.exited().map(|s| (Instant::now(), s));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (exit_at, status) = exit.expect("the toucher ends");
+    assert!(
+        status.signal() == Some(9) || status.code() == Some(137),
+        "the toucher should be killed, got {status:?}"
+    );
+    let (event_at, (who, limitation)) = event.expect("an oom event within 60 s");
+    let lag = event_at.saturating_duration_since(exit_at);
+    eprintln!(
+        "oom event {:?} after start, exit seen {:?} after start (event {} the exit): {}",
+        event_at - started,
+        exit_at - started,
+        if event_at <= exit_at {
+            "before"
+        } else {
+            "after"
+        },
+        limitation.message
+    );
+    assert!(
+        lag <= Duration::from_secs(1),
+        "event {lag:?} after the kill"
+    );
+    assert_eq!(who, id);
+    assert_eq!(limitation.reason, Reason::ContainerLimitationMemory);
+    assert!(
+        limitation
+            .message
+            .contains(&format!("of {} bytes", 64 * MIB)),
+        "{}",
+        limitation.message
+    );
+    let used: u64 = limitation
+        .message
+        .split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .expect("usage in the message");
+    assert!(
+        used >= 60 * MIB,
+        "peak usage {used} in {:?}",
+        limitation.message
+    );
+    // Exactly once: no second event, and the poll path has nothing more.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "a second event");
+    let mem = h.isolator("cgroups/mem");
+    assert_eq!(mem.watch(&id).expect("watch"), None, "reported once");
+    drop(w);
+    h.cleanup(&id);
+    h.assert_clean();
+    let fds_after = open_fds();
+    eprintln!(
+        "open fds: {fds_before} before, {fds_registered} registered, {fds_after} after cleanup"
+    );
+    assert_eq!(fds_after, fds_before, "descriptors left after cleanup");
+    assert_eq!(
+        threads_named(oom_events::THREAD_NAME, 1),
+        1,
+        "no thread per container"
+    );
+    // Rebuilding the isolators (an agent restart in-process) stops the old notifier.
+    h.restart();
+    assert_eq!(
+        threads_named(oom_events::THREAD_NAME, 1),
+        1,
+        "the old isolator's notifier thread ended"
+    );
+}
+
+/// A kill that happened while the agent was down is reported by recovery: re-registering
+/// checks the counter once and sends the limitation to the subscribers.
+pub fn oom_while_down_is_reported_after_recovery(h: &mut Harness) {
+    let l = limits(1.0, 64 * MIB);
+    let id = h.prepare("oom-down", &l).expect("prepare");
+    // The agent "goes down": no isolators (and no notifier) while the kill happens.
+    h.isolators.clear();
+    let mut w = Workload::spawn(
+        "$B awk 'BEGIN { s = \"0123456789abcdef\"; while (length(s) < 209715200) s = s s; print length(s) }'",
+    );
+    for s in [
+        Subsystem::Memory,
+        Subsystem::Cpu,
+        Subsystem::Pids,
+        Subsystem::Io,
+    ] {
+        h.backend.attach(s, id.as_str(), w.pid()).expect("attach");
+    }
+    w.start();
+    let status = w.wait(Duration::from_secs(60));
+    assert!(status.signal() == Some(9), "killed, got {status:?}");
+    h.restart();
+    let mem = h.isolator("cgroups/mem");
+    let rx = mem.subscribe().expect("subscribe");
+    let recovered = [RecoveredContainer {
+        id: id.clone(),
+        limits: l,
+    }];
+    for isolator in &h.isolators {
+        isolator.recover(&recovered).expect("recover");
+    }
+    // Re-registration checks the counter once and sends what it finds to the subscribers.
+    let (who, limitation) = rx
+        .recv_timeout(Duration::from_secs(1))
+        .expect("the kill while down, reported at recovery");
+    eprintln!("after recovery: {}", limitation.message);
+    assert_eq!(who, id);
+    assert_eq!(limitation.reason, Reason::ContainerLimitationMemory);
+    assert!(
+        limitation
+            .message
+            .contains(&format!("of {} bytes", 64 * MIB)),
+        "{}",
+        limitation.message
+    );
+    assert_eq!(mem.watch(&id).expect("watch"), None, "reported once");
     h.cleanup(&id);
     h.assert_clean();
 }
