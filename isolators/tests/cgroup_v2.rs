@@ -82,3 +82,10 @@ fn vm_v2_oom_while_down_is_reported_after_recovery() {
         cgroups_support::oom_while_down_is_reported_after_recovery(&mut h);
     }
 }
+
+#[test]
+fn vm_v2_io_write_bandwidth_is_throttled() {
+    if let Some(mut h) = harness("vm_v2_io_write_bandwidth_is_throttled") {
+        cgroups_support::io_write_bandwidth_is_throttled(&mut h);
+    }
+}

@@ -76,3 +76,10 @@ fn root_v1_oom_while_down_is_reported_after_recovery() {
         cgroups_support::oom_while_down_is_reported_after_recovery(&mut h);
     }
 }
+
+#[test]
+fn root_v1_io_write_bandwidth_is_throttled() {
+    if let Some(mut h) = harness("root_v1_io_write_bandwidth_is_throttled") {
+        cgroups_support::io_write_bandwidth_is_throttled(&mut h);
+    }
+}

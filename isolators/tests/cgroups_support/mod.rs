@@ -7,6 +7,9 @@
 //! asserts at the end that cleanup left nothing below it before removing the parent.
 #![allow(dead_code, clippy::missing_panics_doc)]
 
+#[path = "../disk_support/mod.rs"]
+mod disk_support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -499,6 +502,96 @@ pub fn oom_while_down_is_reported_after_recovery(h: &mut Harness) {
     assert_eq!(mem.watch(&id).expect("watch"), None, "reported once");
     h.cleanup(&id);
     h.assert_clean();
+}
+
+/// A write bandwidth limit on a loop device (io.max `wbps` on v2,
+/// `blkio.throttle.write_bps_device` on v1) holds a direct-IO writer to about the limit:
+/// 8 MiB under 2 MiB/s takes at least 2.5 s (4 s at the limit; the bound leaves room for a
+/// first-slice burst), and the io statistics count the bytes.
+pub fn io_write_bandwidth_is_throttled(h: &mut Harness) {
+    const LIMIT: u64 = 2 * MIB;
+    const WRITE: u64 = 8 * MIB;
+    if matches!(h.version(), CgroupVersion::V1 { .. }) {
+        let parent = h.backend.dir(Subsystem::Io, "x");
+        let parent = parent.parent().expect("the parent cgroup");
+        if !parent.join("blkio.throttle.write_bps_device").exists() {
+            eprintln!(
+                "skipping the io bandwidth scenario: this kernel has no \
+                 blkio.throttle.write_bps_device (CONFIG_BLK_DEV_THROTTLING) in {}",
+                parent.display()
+            );
+            return;
+        }
+    }
+    let image = std::env::temp_dir().join(format!("cairn-io-{}.img", std::process::id()));
+    let file = std::fs::File::create(&image).expect("create the image");
+    file.set_len(64 * MIB).expect("size the image");
+    drop(file);
+    let image_guard = RemoveOnDrop(image.clone());
+    let dev = disk_support::LoopDevice::attach(&image);
+    let name = dev.dev.file_name().expect("/dev/loopN").to_string_lossy();
+    let numbers = std::fs::read_to_string(format!("/sys/block/{name}/dev")).expect("dev numbers");
+    let (major, minor) = numbers.trim().split_once(':').expect("major:minor");
+    let (major, minor): (u64, u64) = (major.parse().expect("major"), minor.parse().expect("minor"));
+    let mut l = limits(1.0, 128 * MIB);
+    l.io_bps = vec![(major, minor, None, Some(LIMIT))];
+    let id = h.prepare("io-bps", &l).expect("prepare");
+    let io = h.dir(Subsystem::Io, &id);
+    let rule = match h.version() {
+        CgroupVersion::V2 => std::fs::read_to_string(io.join("io.max")).expect("io.max"),
+        CgroupVersion::V1 { .. } => {
+            std::fs::read_to_string(io.join("blkio.throttle.write_bps_device"))
+                .expect("blkio.throttle.write_bps_device")
+        }
+    };
+    eprintln!(
+        "{} ({major}:{minor}) limit: {}",
+        dev.dev.display(),
+        rule.trim()
+    );
+    assert!(rule.contains(&format!("{major}:{minor}")), "{rule}");
+    let mut w = Workload::spawn(&format!(
+        "$B dd if=/dev/zero of={} bs=1048576 count={} oflag=direct 2>/dev/null; echo rc=$?",
+        dev.dev.display(),
+        WRITE / MIB
+    ));
+    h.isolate(&id, w.pid());
+    let started = Instant::now();
+    w.start();
+    let rc = w.line();
+    let took = started.elapsed();
+    w.wait(Duration::from_secs(10));
+    let stats = h.usage(&id);
+    #[allow(clippy::cast_precision_loss)]
+    let rate = WRITE as f64 / took.as_secs_f64() / MIB as f64;
+    eprintln!(
+        "{} MiB direct write under {} MiB/s: {took:?} ({rate:.2} MiB/s), written {:?} bytes",
+        WRITE / MIB,
+        LIMIT / MIB,
+        stats.blkio_write_bytes
+    );
+    assert_eq!(rc, "rc=0", "dd oflag=direct on {}", dev.dev.display());
+    assert!(
+        took >= Duration::from_millis(2500),
+        "8 MiB at 2 MiB/s took only {took:?}: not throttled"
+    );
+    assert!(
+        stats.blkio_write_bytes >= Some(WRITE),
+        "io statistics: {stats:?}"
+    );
+    h.cleanup(&id);
+    h.assert_clean();
+    drop(dev);
+    drop(image_guard);
+}
+
+/// Removes a file when dropped (also on panic).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// 0.25 CPU with hard limits, spinning on both cores for 2 s, gets about 0.5 CPU-seconds
