@@ -1,17 +1,16 @@
-//! `cairn-agent`: the Cairn node daemon.
-
-use std::path::PathBuf;
+//! `cairn-agent`: the Cairn node daemon. Parses config, builds the daemon, runs it until
+//! SIGTERM/SIGINT; everything else is in the library.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-/// The Cairn agent: runs tasks as OCI containers on this node.
+/// The Cairn agent: runs tasks as OCI containers on this node and reports to the master.
+/// Every setting is read from the config file, then `CAIRN_*` variables, then flags.
 #[derive(Debug, Parser)]
 #[command(name = "cairn-agent", version, about)]
 struct Args {
-    /// Directory for the agent's state, images and sandboxes.
-    #[arg(long, env = "CAIRN_WORK_DIR", default_value = "/var/lib/cairn/agent")]
-    work_dir: PathBuf,
+    #[command(flatten)]
+    agent: cairn_agent::config::AgentArgs,
 
     /// Print the node's measured capacity and the resources the agent would offer, as JSON,
     /// then exit.
@@ -31,21 +30,45 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     if let Some(Command::Launch(launch)) = &args.command {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
         let code = cairn_agent::launch::run(launch)?;
         std::process::exit(code);
     }
+    let config = args.agent.load()?;
     if args.print_capacity {
-        let cap = cairn_agent::capacity::measure(&args.work_dir)
-            .context("measuring the node's capacity")?;
-        let offer = cap.offerable(&cairn_agent::capacity::Reservation::default())?;
+        let (cap, offer) = cairn_agent::daemon::offer(&config)?;
         let out = serde_json::json!({ "capacity": cap, "resources": offer.to_wire() });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    anyhow::bail!("the agent daemon is not implemented yet; try --print-capacity or launch")
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let daemon = cairn_agent::daemon::Daemon::build(config)?;
+        daemon.run(signal()).await
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

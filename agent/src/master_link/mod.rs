@@ -1,0 +1,314 @@
+//! The connection to the master (shared/DESIGN.md, "Agent <-> master"; protocol in
+//! [`cairn_api::protocol`]). The agent initiates everything:
+//!
+//! 1. `REGISTER` (no id yet, or after a reboot) or `REREGISTER` (its checkpointed id and the
+//!    full list of its tasks, so the master can reconcile);
+//! 2. `SUBSCRIBE`: a long-lived RecordIO stream of events, handed to [`AgentCore::handle`];
+//! 3. meanwhile, as separate calls: `HEARTBEAT`s, the head of every task's status stream
+//!    (resent with exponential backoff until acknowledged), and `UPDATE_RESOURCES` when the
+//!    re-measured capacity changes.
+//!
+//! When the stream ends or a call fails, the session is over: the link backs off
+//! (doubling up to a minute), tries the next master, and reregisters.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_api::protocol::{
+    AgentCall, AgentEvent, AgentEventType, Register, Registered, StatusUpdate,
+};
+use cairn_api::recordio::Decoder;
+use cairn_api::{AgentId, Resource};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::MasterAddress;
+use crate::status::StatusUpdateManager;
+
+/// What the link needs from the agent.
+pub trait AgentCore: Send + Sync + 'static {
+    /// What to (re)register with; `tasks` only matters for reregistration.
+    fn registration(&self) -> Register;
+    /// The master assigned (or confirmed) this id.
+    fn registered(&self, id: &AgentId);
+    /// An event from the master; must not block (launches go to blocking threads).
+    fn handle(&self, event: AgentEvent);
+    /// The status streams.
+    fn status(&self) -> &StatusUpdateManager;
+    /// What the agent offers now (re-measured periodically).
+    fn resources(&self) -> Vec<Resource>;
+}
+
+/// How the link behaves.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub master: MasterAddress,
+    /// The checkpointed id to reregister with (`None`: register as a new agent).
+    pub agent_id: Option<AgentId>,
+    pub heartbeat_interval: Duration,
+    /// First retry delay after a failed session; doubles up to [`MAX_BACKOFF`].
+    pub registration_backoff: Duration,
+    /// First resend delay of an unacknowledged status update; doubles up to
+    /// [`STATUS_RETRY_MAX`].
+    pub status_retry: Duration,
+}
+
+/// The longest delay between registration attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Mesos's `STATUS_UPDATE_RETRY_INTERVAL_MIN` and `_MAX`.
+pub const STATUS_RETRY_MIN: Duration = Duration::from_secs(10);
+pub const STATUS_RETRY_MAX: Duration = Duration::from_secs(600);
+/// How often the link looks for status updates and resource changes to send.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{call}: master answered {status}: {body}")]
+    Refused {
+        call: &'static str,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs the link until `shutdown` turns true.
+pub async fn run(
+    core: Arc<dyn AgentCore>,
+    config: LinkConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot build the HTTP client: {e}");
+            return;
+        }
+    };
+    let mut link = Link {
+        client,
+        core,
+        agent_id: config.agent_id.clone(),
+        config,
+    };
+    let mut backoff = link.config.registration_backoff;
+    let mut attempt = 0usize;
+    while !*shutdown.borrow() {
+        let master = match &link.config.master {
+            MasterAddress::Static(list) => list[attempt % list.len()].clone(),
+            MasterAddress::ZooKeeper(url) => {
+                tracing::error!(
+                    "master {url}: ZooKeeper leader detection is not implemented yet; use host:port"
+                );
+                String::new()
+            }
+        };
+        attempt += 1;
+        if !master.is_empty() {
+            match link.session(&master, &mut shutdown).await {
+                Ok(true) => backoff = link.config.registration_backoff,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%master, "master session ended: {e}"),
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+struct Link {
+    client: reqwest::Client,
+    core: Arc<dyn AgentCore>,
+    agent_id: Option<AgentId>,
+    config: LinkConfig,
+}
+
+/// Resend bookkeeping of one update (by uuid).
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    next: Instant,
+    delay: Duration,
+}
+
+impl Link {
+    async fn post(
+        &self,
+        master: &str,
+        call: &AgentCall,
+        name: &'static str,
+    ) -> Result<reqwest::Response, SessionError> {
+        post(&self.client, master, call, name).await
+    }
+
+    /// One session: (re)register, subscribe, serve the stream. `Ok(true)` when it got as far
+    /// as subscribing (the backoff resets), `Ok(false)` when asked to register anew.
+    async fn session(
+        &mut self,
+        master: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, SessionError> {
+        let mut info = self.core.registration();
+        let call = match &self.agent_id {
+            Some(id) => AgentCall::reregister(id.clone(), info),
+            None => {
+                info.tasks.clear();
+                AgentCall::register(info)
+            }
+        };
+        let name = if self.agent_id.is_some() {
+            "REREGISTER"
+        } else {
+            "REGISTER"
+        };
+        let registered: Registered = match self.post(master, &call, name).await {
+            Ok(r) => {
+                let body = r.bytes().await?;
+                serde_json::from_slice(&body)
+                    .map_err(|e| SessionError::Other(format!("{name}: malformed answer: {e}")))?
+            }
+            Err(SessionError::Refused { status, body, .. })
+                if self.agent_id.is_some() && matches!(status.as_u16(), 404 | 409) =>
+            {
+                tracing::warn!(%master, "master refused our reregistration ({status}: {body}); registering as a new agent");
+                self.agent_id = None;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let id = registered.agent_id.clone();
+        tracing::info!(%master, agent_id = %id.as_str(), "{name}ED");
+        self.core.registered(&id);
+        self.agent_id = Some(id.clone());
+
+        let mut stream = self
+            .post(master, &AgentCall::subscribe(id.clone()), "SUBSCRIBE")
+            .await?;
+        let mut heartbeat_every = self.config.heartbeat_interval;
+        if registered.heartbeat_interval_seconds > 0.0 {
+            heartbeat_every = heartbeat_every.min(Duration::from_secs_f64(
+                registered.heartbeat_interval_seconds,
+            ));
+        }
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        let mut tick = tokio::time::interval(TICK);
+        let mut decoder = Decoder::new(64 * 1024 * 1024);
+        let mut retries: HashMap<String, Retry> = HashMap::new();
+        let mut sent_resources = self.core.resources();
+        loop {
+            tokio::select! {
+                chunk = stream.chunk() => {
+                    let Some(chunk) = chunk? else {
+                        return Err(SessionError::Other("the master closed the event stream".into()));
+                    };
+                    let records = decoder
+                        .feed(&chunk)
+                        .map_err(|e| SessionError::Other(e.to_string()))?;
+                    for record in records {
+                        match serde_json::from_slice::<AgentEvent>(&record) {
+                            Ok(e) if matches!(e.kind, AgentEventType::Heartbeat | AgentEventType::Subscribed) => {}
+                            Ok(e) => self.core.handle(e),
+                            Err(e) => tracing::warn!("ignoring a malformed event: {e}"),
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    self.spawn_post(master, AgentCall::heartbeat(id.clone()), "HEARTBEAT");
+                }
+                _ = tick.tick() => {
+                    self.send_statuses(master, &id, &mut retries);
+                    let now = self.core.resources();
+                    if now != sent_resources {
+                        tracing::info!("capacity changed; sending UPDATE_RESOURCES");
+                        self.spawn_post(master, AgentCall::update_resources(id.clone(), now.clone()), "UPDATE_RESOURCES");
+                        sent_resources = now;
+                    }
+                }
+                _ = shutdown.changed() => return Ok(true),
+            }
+        }
+    }
+
+    /// Sends every stream head not sent yet, or whose resend is due.
+    fn send_statuses(&self, master: &str, id: &AgentId, retries: &mut HashMap<String, Retry>) {
+        let now = Instant::now();
+        let heads = self.core.status().heads();
+        retries.retain(|uuid, _| heads.iter().any(|(_, s)| s.uuid.as_deref() == Some(uuid)));
+        for (framework_id, status) in heads {
+            let Some(uuid) = status.uuid.clone() else {
+                continue;
+            };
+            let retry = match retries.get(&uuid) {
+                None => Retry {
+                    next: now + self.config.status_retry,
+                    delay: self.config.status_retry,
+                },
+                Some(r) if r.next <= now => {
+                    let delay = (r.delay * 2).min(STATUS_RETRY_MAX);
+                    Retry {
+                        next: now + delay,
+                        delay,
+                    }
+                }
+                Some(_) => continue,
+            };
+            retries.insert(uuid, retry);
+            let call = AgentCall::status_update(
+                id.clone(),
+                StatusUpdate {
+                    framework_id,
+                    status,
+                },
+            );
+            self.spawn_post(master, call, "STATUS_UPDATE");
+        }
+    }
+
+    fn spawn_post(&self, master: &str, call: AgentCall, name: &'static str) {
+        let client = self.client.clone();
+        let master = master.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = post(&client, &master, &call, name).await {
+                tracing::warn!(%master, "{e}");
+            }
+        });
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    master: &str,
+    call: &AgentCall,
+    name: &'static str,
+) -> Result<reqwest::Response, SessionError> {
+    let url = format!("http://{master}{}", cairn_api::protocol::AGENT_API_PATH);
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(call).map_err(|e| SessionError::Other(e.to_string()))?)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        return Err(SessionError::Refused {
+            call: name,
+            status,
+            body,
+        });
+    }
+    Ok(resp)
+}

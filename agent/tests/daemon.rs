@@ -1,0 +1,654 @@
+//! The agent daemon end to end: a real `cairn-agent` process against a minimal test driver
+//! that speaks the agent protocol as the master side (issue 5 allows it until the master
+//! exists): it accepts REGISTER/REREGISTER, serves the RecordIO event stream, sends LAUNCH and
+//! KILL, records every status update and acknowledges it. Needs root for the containers; the
+//! config test does not.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{BufRead, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_api::protocol::{
+    AcknowledgeUpdate, AgentCall, AgentCallType, AgentEvent, LaunchTasks, Registered,
+};
+use cairn_api::v1::mesos::{MasterInfo, TaskInfo, TaskStatus};
+use cairn_api::{AgentId, FrameworkId, Resources, TaskId, TaskState};
+use cairn_testsupport::images::TestImages;
+use cairn_testsupport::require_root;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_cairn-agent");
+
+// ---------------------------------------------------------------------------------------
+// The test driver: the master side of the agent protocol over plain HTTP/1.1.
+
+#[derive(Debug, Clone)]
+struct Update {
+    status: TaskStatus,
+}
+
+#[derive(Default)]
+struct DriverState {
+    /// (call type, agent id sent, number of tasks reported).
+    registrations: Vec<(AgentCallType, Option<String>, usize)>,
+    /// Every STATUS_UPDATE received, resends included.
+    updates: Vec<Update>,
+    stream: Option<Sender<AgentEvent>>,
+    heartbeats: usize,
+}
+
+#[derive(Clone)]
+struct Driver {
+    state: Arc<Mutex<DriverState>>,
+    port: u16,
+}
+
+fn read_request(sock: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut reader = std::io::BufReader::new(sock.try_clone().ok()?);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+fn respond(sock: &mut TcpStream, status: &str, body: &[u8]) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = sock.write_all(head.as_bytes());
+    let _ = sock.write_all(body);
+}
+
+fn chunk(sock: &mut TcpStream, event: &AgentEvent) -> std::io::Result<()> {
+    let record = cairn_api::recordio::encode(&serde_json::to_vec(event).unwrap());
+    write!(sock, "{:x}\r\n", record.len())?;
+    sock.write_all(&record)?;
+    sock.write_all(b"\r\n")?;
+    sock.flush()
+}
+
+impl Driver {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let driver = Self {
+            state: Arc::default(),
+            port,
+        };
+        let d = driver.clone();
+        std::thread::spawn(move || {
+            for sock in listener.incoming().flatten() {
+                let d = d.clone();
+                std::thread::spawn(move || d.serve(sock));
+            }
+        });
+        driver
+    }
+
+    fn serve(&self, mut sock: TcpStream) {
+        let Some(body) = read_request(&mut sock) else {
+            return;
+        };
+        let call: AgentCall = serde_json::from_slice(&body).unwrap();
+        call.validate().unwrap();
+        match call.kind {
+            AgentCallType::Register | AgentCallType::Reregister => {
+                let tasks = call.register.as_ref().map_or(0, |r| r.tasks.len());
+                let id = call
+                    .agent_id
+                    .clone()
+                    .unwrap_or_else(|| AgentId::new("agent-1"));
+                self.state.lock().unwrap().registrations.push((
+                    call.kind,
+                    call.agent_id.map(|a| a.as_str().to_string()),
+                    tasks,
+                ));
+                let answer = Registered {
+                    agent_id: id,
+                    master_info: MasterInfo {
+                        id: "test-driver".into(),
+                        ip: 16_777_343,
+                        port: self.port,
+                        pid: None,
+                        hostname: None,
+                        version: None,
+                        address: None,
+                    },
+                    heartbeat_interval_seconds: 1.0,
+                };
+                respond(&mut sock, "200 OK", &serde_json::to_vec(&answer).unwrap());
+            }
+            AgentCallType::Subscribe => {
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/recordio\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+                if sock.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let (tx, rx) = mpsc::channel();
+                self.state.lock().unwrap().stream = Some(tx);
+                for event in rx {
+                    if chunk(&mut sock, &event).is_err() {
+                        return;
+                    }
+                }
+            }
+            AgentCallType::StatusUpdate => {
+                let update = call.status_update.unwrap();
+                let mut s = self.state.lock().unwrap();
+                s.updates.push(Update {
+                    status: update.status.clone(),
+                });
+                // Acknowledge at once, as a framework would.
+                if let Some(tx) = &s.stream {
+                    let _ = tx.send(AgentEvent::acknowledge(AcknowledgeUpdate {
+                        framework_id: update.framework_id,
+                        task_id: update.status.task_id.clone(),
+                        uuid: update.status.uuid.clone().unwrap(),
+                    }));
+                }
+                drop(s);
+                respond(&mut sock, "202 Accepted", b"");
+            }
+            AgentCallType::Heartbeat => {
+                self.state.lock().unwrap().heartbeats += 1;
+                respond(&mut sock, "202 Accepted", b"");
+            }
+            AgentCallType::UpdateResources => respond(&mut sock, "202 Accepted", b""),
+        }
+    }
+
+    fn send(&self, event: AgentEvent) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(tx) = &self.state.lock().unwrap().stream {
+                if tx.send(event.clone()).is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the agent never subscribed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn forget_stream(&self) {
+        self.state.lock().unwrap().stream = None;
+    }
+
+    /// The distinct updates (by uuid) of each task, in the order first received.
+    fn distinct(&self) -> BTreeMap<String, Vec<TaskStatus>> {
+        let s = self.state.lock().unwrap();
+        let mut out: BTreeMap<String, Vec<TaskStatus>> = BTreeMap::new();
+        for u in &s.updates {
+            let list = out
+                .entry(u.status.task_id.as_str().to_string())
+                .or_default();
+            if !list.iter().any(|x| x.uuid == u.status.uuid) {
+                list.push(u.status.clone());
+            }
+        }
+        out
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, f: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:#?}",
+                self.distinct()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn latest(&self, task: &str) -> Option<TaskState> {
+        self.distinct()
+            .get(task)
+            .and_then(|l| l.last())
+            .map(|s| s.state)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixture: a cgroup parent below ours (as the containerizer tests do), a work dir with the
+// busybox image imported, and the agent process.
+
+struct CgroupParent {
+    path: PathBuf,
+    created: Vec<PathBuf>,
+}
+
+fn v1_mounts() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let mount_point = PathBuf::from(pre.split_whitespace().nth(4)?);
+            (post.split_whitespace().next()? == "cgroup").then_some(mount_point)
+        })
+        .collect()
+}
+
+impl CgroupParent {
+    fn new(name: &str) -> Self {
+        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let deepest = text
+            .lines()
+            .filter(|l| !l.starts_with("0::"))
+            .filter_map(|l| l.splitn(3, ':').nth(2).map(PathBuf::from))
+            .max_by_key(|p| p.components().count())
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let path = deepest.join(format!("cairn-daemon-test-{}-{name}", std::process::id()));
+        let mut created = Vec::new();
+        for mount in v1_mounts() {
+            let mut dir = mount.join(path.strip_prefix("/").unwrap());
+            while !dir.exists() && dir != mount {
+                created.push(dir.clone());
+                dir = dir.parent().unwrap().to_path_buf();
+            }
+        }
+        Self { path, created }
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for mount in v1_mounts() {
+            let dir = mount.join(self.path.strip_prefix("/").unwrap());
+            if let Ok(rd) = fs::read_dir(&dir) {
+                for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = fs::remove_dir(e.path());
+                }
+            }
+        }
+        for dir in &self.created {
+            if dir.exists() {
+                if let Err(e) = fs::remove_dir(dir) {
+                    eprintln!("failed to remove test cgroup {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}
+
+struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    fn start(config: &Path, log: &Path) -> Self {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(AGENT)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill9();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn task(id: &str, image: &str, script: &str, mem: f64) -> TaskInfo {
+    let resources = Resources::new()
+        .with_scalar("cpus", 0.05)
+        .unwrap()
+        .with_scalar("mem", mem)
+        .unwrap();
+    serde_json::from_value(serde_json::json!({
+        "name": id,
+        "task_id": {"value": id},
+        "agent_id": {"value": "agent-1"},
+        "resources": resources.to_wire(),
+        "command": {"shell": true, "value": script},
+        "container": {"type": "MESOS", "mesos": {"image": {"type": "DOCKER", "docker": {"name": image}}}},
+        "kill_policy": {"grace_period": {"nanoseconds": 100_000_000}},
+    }))
+    .unwrap()
+}
+
+fn launch(driver: &Driver, tasks: Vec<TaskInfo>) {
+    driver.send(AgentEvent::launch(LaunchTasks {
+        framework_id: FrameworkId::new("fw"),
+        framework_info: serde_json::from_value(serde_json::json!({"user": "root", "name": "test"}))
+            .unwrap(),
+        tasks,
+        group: false,
+    }));
+}
+
+/// The container id a status names.
+fn container_of(driver: &Driver, task: &str) -> String {
+    driver.distinct()[task]
+        .iter()
+        .find_map(|s| s.container_status.as_ref()?.container_id.clone())
+        .unwrap()
+        .as_str()
+        .to_string()
+}
+
+fn init_pid(work: &Path, container: &str) -> u32 {
+    let v: serde_json::Value = serde_json::from_slice(
+        &fs::read(work.join(format!("meta/containers/{container}/container.json"))).unwrap(),
+    )
+    .unwrap();
+    u32::try_from(v["init"]["pid"].as_u64().unwrap()).unwrap()
+}
+
+/// No task got two distinct updates (uuids) for the same state, and the states per task
+/// are exactly `expected`.
+fn assert_exact(driver: &Driver, expected: &HashMap<String, Vec<TaskState>>) {
+    let got = driver.distinct();
+    for (task, states) in expected {
+        let seen: Vec<TaskState> = got
+            .get(task)
+            .map(|l| l.iter().map(|s| s.state).collect())
+            .unwrap_or_default();
+        assert_eq!(&seen, states, "task {task}: {:#?}", got.get(task));
+    }
+}
+
+#[test]
+fn tasks_run_survive_a_kill_9_and_every_update_arrives_once() {
+    if !require_root("daemon_tasks") {
+        return;
+    }
+    let images = TestImages::get();
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-daemon-")
+        .tempdir()
+        .unwrap();
+    let cgroups = CgroupParent::new("tasks");
+    let work = dir.path().join("work");
+    let store = cairn_oci::store::Store::open(work.join("images")).unwrap();
+    let image = cairn_oci::import::import_docker_archive(&store, &images.docker_archive, None)
+        .unwrap()[0]
+        .reference
+        .to_string();
+    drop(store);
+
+    let driver = Driver::start();
+    let config = dir.path().join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "work_dir = {work:?}\nmaster = \"127.0.0.1:{}\"\ncgroup_parent = {:?}\n\
+             listen_ip = \"127.0.0.1\"\nport = {}\nheartbeat_interval = 1.0\n\
+             registration_backoff = 0.2\nresources = \"cpus:8;mem:4096\"\n",
+            driver.port,
+            cgroups.path.to_string_lossy(),
+            free_port(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("agent.log");
+    let mut agent = AgentProcess::start(&config, &log);
+    let show_log = || fs::read_to_string(&log).unwrap_or_default();
+
+    // 1. Eight tasks run and finish; each update is acknowledged.
+    let short: Vec<String> = (0..8).map(|i| format!("short-{i}")).collect();
+    launch(
+        &driver,
+        short
+            .iter()
+            .map(|id| task(id, &image, "sleep 0.5; echo hello", 16.0))
+            .collect(),
+    );
+    // One asking for more than the agent has.
+    launch(&driver, vec![task("greedy", &image, "true", 1_000_000.0)]);
+    driver.wait_for("8 FINISHED and 1 ERROR", Duration::from_secs(120), |d| {
+        short
+            .iter()
+            .all(|t| d.latest(t) == Some(TaskState::Finished))
+            && d.latest("greedy") == Some(TaskState::Error)
+    });
+    let greedy = &driver.distinct()["greedy"][0];
+    assert!(
+        greedy
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("more than the agent has free"),
+        "{greedy:?}"
+    );
+    let mut expected: HashMap<String, Vec<TaskState>> = short
+        .iter()
+        .map(|t| {
+            (
+                t.clone(),
+                vec![TaskState::Starting, TaskState::Running, TaskState::Finished],
+            )
+        })
+        .collect();
+    expected.insert("greedy".into(), vec![TaskState::Error]);
+    assert_exact(&driver, &expected);
+    // Acknowledged terminal updates end their streams.
+    let streams = work.join("meta/status");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_dir(&streams).unwrap().count() > 0 {
+        assert!(Instant::now() < deadline, "streams left: {}", show_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 2. Six tasks running; kill -9 the agent; three exit while it is down.
+    let long: Vec<String> = (0..3).map(|i| format!("long-{i}")).collect();
+    let exiting: Vec<String> = (0..3).map(|i| format!("exiting-{i}")).collect();
+    let mut batch: Vec<TaskInfo> = long
+        .iter()
+        .map(|id| task(id, &image, "sleep 3600", 16.0))
+        .collect();
+    for (i, id) in exiting.iter().enumerate() {
+        let code = 3 + i;
+        batch.push(task(
+            id,
+            &image,
+            &format!("while [ ! -e \"$MESOS_SANDBOX/go\" ]; do sleep 0.1; done; exit {code}"),
+            16.0,
+        ));
+    }
+    launch(&driver, batch);
+    driver.wait_for("6 RUNNING", Duration::from_secs(120), |d| {
+        long.iter()
+            .chain(&exiting)
+            .all(|t| d.latest(t) == Some(TaskState::Running))
+    });
+    let pids: HashMap<String, u32> = long
+        .iter()
+        .map(|t| (t.clone(), init_pid(&work, &container_of(&driver, t))))
+        .collect();
+    agent.kill9();
+    driver.forget_stream();
+    for t in &exiting {
+        let c = container_of(&driver, t);
+        fs::write(work.join(format!("sandboxes/{c}/go")), b"").unwrap();
+    }
+    for t in &exiting {
+        let exit = work.join(format!(
+            "meta/containers/{}/exit.json",
+            container_of(&driver, t)
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !exit.exists() {
+            assert!(Instant::now() < deadline, "{t} did not exit");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    let mut agent = {
+        drop(agent);
+        AgentProcess::start(&config, &log)
+    };
+    driver.wait_for("the exits reported", Duration::from_secs(60), |d| {
+        exiting
+            .iter()
+            .all(|t| d.latest(t) == Some(TaskState::Failed))
+    });
+    {
+        let s = driver.state.lock().unwrap();
+        let last = s.registrations.last().unwrap();
+        assert_eq!(last.0, AgentCallType::Reregister, "{:?}", s.registrations);
+        assert_eq!(last.1.as_deref(), Some("agent-1"));
+        assert_eq!(last.2, 6, "reregistration lists every task");
+        assert!(s.heartbeats > 0);
+    }
+    for (i, t) in exiting.iter().enumerate() {
+        let failed = driver.distinct()[t].last().unwrap().clone();
+        assert_eq!(
+            failed.message.as_deref(),
+            Some(format!("command exited with status {}", 3 + i).as_str()),
+            "{failed:?}"
+        );
+    }
+    for (t, pid) in &pids {
+        assert_eq!(d_latest(&driver, t), Some(TaskState::Running));
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "{t} died");
+        assert_eq!(init_pid(&work, &container_of(&driver, t)), *pid);
+    }
+
+    // 3. Kill the long ones; then stop the agent (default: containers would stay).
+    for t in &long {
+        driver.send(AgentEvent::kill(
+            FrameworkId::new("fw"),
+            TaskId::new(t.as_str()),
+        ));
+    }
+    driver.wait_for("3 KILLED", Duration::from_secs(60), |d| {
+        long.iter().all(|t| d.latest(t) == Some(TaskState::Killed))
+    });
+    for t in &long {
+        expected.insert(
+            t.clone(),
+            vec![
+                TaskState::Starting,
+                TaskState::Running,
+                TaskState::Killing,
+                TaskState::Killed,
+            ],
+        );
+    }
+    for t in &exiting {
+        expected.insert(
+            t.clone(),
+            vec![TaskState::Starting, TaskState::Running, TaskState::Failed],
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_dir(&streams).unwrap().count() > 0 {
+        assert!(Instant::now() < deadline, "streams left: {}", show_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // No update lost, none duplicated (by uuid), in order per task.
+    assert_exact(&driver, &expected);
+    assert!(agent.terminate().success(), "{}", show_log());
+    drop(cgroups);
+}
+
+fn d_latest(driver: &Driver, task: &str) -> Option<TaskState> {
+    driver.latest(task)
+}
+
+#[test]
+fn a_bad_config_key_fails_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    fs::write(&config, "wrok_dir = \"/tmp/x\"\n").unwrap();
+    let out = Command::new(AGENT)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrok_dir"), "{stderr}");
+
+    fs::write(&config, "port = 0\nheartbeat_interval = -1.0\n").unwrap();
+    let out = Command::new(AGENT)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat_interval"));
+
+    // A flag names its own key too, and --help documents the defaults.
+    let out = Command::new(AGENT)
+        .args(["--config", "/nonexistent/agent.toml"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml"));
+    let help = Command::new(AGENT).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for s in [
+        "--work-dir",
+        "[default: 5051]",
+        "CAIRN_MASTER",
+        "--drain-on-sigterm",
+        "TLS",
+    ] {
+        assert!(help.contains(s), "{s} missing from --help:\n{help}");
+    }
+}
