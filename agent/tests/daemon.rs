@@ -412,42 +412,96 @@ fn assert_exact(driver: &Driver, expected: &HashMap<String, Vec<TaskState>>) {
     }
 }
 
+/// Everything one scenario needs; fields drop in order (agent, then cgroups, then the dir).
+struct Setup {
+    agent: AgentProcess,
+    driver: Driver,
+    _cgroups: CgroupParent,
+    image: String,
+    work: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+impl Setup {
+    fn new(name: &str, extra_config: &str) -> Self {
+        let images = TestImages::get();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("cairn-daemon-{name}-"))
+            .tempdir()
+            .unwrap();
+        let cgroups = CgroupParent::new(name);
+        let work = dir.path().join("work");
+        let store = cairn_oci::store::Store::open(work.join("images")).unwrap();
+        let image = cairn_oci::import::import_docker_archive(&store, &images.docker_archive, None)
+            .unwrap()[0]
+            .reference
+            .to_string();
+        drop(store);
+        let driver = Driver::start();
+        let config = dir.path().join("agent.toml");
+        fs::write(
+            &config,
+            format!(
+                "work_dir = {work:?}\nmaster = \"127.0.0.1:{}\"\ncgroup_parent = {:?}\n\
+                 listen_ip = \"127.0.0.1\"\nport = {}\nheartbeat_interval = 1.0\n\
+                 registration_backoff = 0.2\nresources = \"cpus:8;mem:4096\"\n{extra_config}",
+                driver.port,
+                cgroups.path.to_string_lossy(),
+                free_port(),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("agent.log");
+        let agent = AgentProcess::start(&config, &log);
+        Self {
+            agent,
+            driver,
+            _cgroups: cgroups,
+            image,
+            work,
+            config,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn restart(&mut self) {
+        self.agent = AgentProcess::start(&self.config, &self.log);
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until every status stream ended (its terminal update acknowledged).
+    fn wait_streams_done(&self) {
+        let streams = self.work.join("meta/status");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::read_dir(&streams).unwrap().count() > 0 {
+            assert!(Instant::now() < deadline, "streams left: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 #[test]
 fn tasks_run_survive_a_kill_9_and_every_update_arrives_once() {
     if !require_root("daemon_tasks") {
         return;
     }
-    let images = TestImages::get();
-    let dir = tempfile::Builder::new()
-        .prefix("cairn-daemon-")
-        .tempdir()
-        .unwrap();
-    let cgroups = CgroupParent::new("tasks");
-    let work = dir.path().join("work");
-    let store = cairn_oci::store::Store::open(work.join("images")).unwrap();
-    let image = cairn_oci::import::import_docker_archive(&store, &images.docker_archive, None)
-        .unwrap()[0]
-        .reference
-        .to_string();
-    drop(store);
-
-    let driver = Driver::start();
-    let config = dir.path().join("agent.toml");
-    fs::write(
-        &config,
-        format!(
-            "work_dir = {work:?}\nmaster = \"127.0.0.1:{}\"\ncgroup_parent = {:?}\n\
-             listen_ip = \"127.0.0.1\"\nport = {}\nheartbeat_interval = 1.0\n\
-             registration_backoff = 0.2\nresources = \"cpus:8;mem:4096\"\n",
-            driver.port,
-            cgroups.path.to_string_lossy(),
-            free_port(),
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("agent.log");
-    let mut agent = AgentProcess::start(&config, &log);
-    let show_log = || fs::read_to_string(&log).unwrap_or_default();
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut setup = Setup::new("tasks", "");
+    let (driver, image, work) = (
+        setup.driver.clone(),
+        setup.image.clone(),
+        setup.work.clone(),
+    );
 
     // 1. Eight tasks run and finish; each update is acknowledged.
     let short: Vec<String> = (0..8).map(|i| format!("short-{i}")).collect();
@@ -487,12 +541,7 @@ fn tasks_run_survive_a_kill_9_and_every_update_arrives_once() {
     expected.insert("greedy".into(), vec![TaskState::Error]);
     assert_exact(&driver, &expected);
     // Acknowledged terminal updates end their streams.
-    let streams = work.join("meta/status");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::read_dir(&streams).unwrap().count() > 0 {
-        assert!(Instant::now() < deadline, "streams left: {}", show_log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    setup.wait_streams_done();
 
     // 2. Six tasks running; kill -9 the agent; three exit while it is down.
     let long: Vec<String> = (0..3).map(|i| format!("long-{i}")).collect();
@@ -520,7 +569,7 @@ fn tasks_run_survive_a_kill_9_and_every_update_arrives_once() {
         .iter()
         .map(|t| (t.clone(), init_pid(&work, &container_of(&driver, t))))
         .collect();
-    agent.kill9();
+    setup.agent.kill9();
     driver.forget_stream();
     for t in &exiting {
         let c = container_of(&driver, t);
@@ -538,10 +587,7 @@ fn tasks_run_survive_a_kill_9_and_every_update_arrives_once() {
         }
     }
 
-    let mut agent = {
-        drop(agent);
-        AgentProcess::start(&config, &log)
-    };
+    setup.restart();
     driver.wait_for("the exits reported", Duration::from_secs(60), |d| {
         exiting
             .iter()
@@ -564,7 +610,7 @@ fn tasks_run_survive_a_kill_9_and_every_update_arrives_once() {
         );
     }
     for (t, pid) in &pids {
-        assert_eq!(d_latest(&driver, t), Some(TaskState::Running));
+        assert_eq!(driver.latest(t), Some(TaskState::Running));
         assert!(Path::new(&format!("/proc/{pid}")).exists(), "{t} died");
         assert_eq!(init_pid(&work, &container_of(&driver, t)), *pid);
     }
@@ -596,19 +642,95 @@ fn tasks_run_survive_a_kill_9_and_every_update_arrives_once() {
             vec![TaskState::Starting, TaskState::Running, TaskState::Failed],
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::read_dir(&streams).unwrap().count() > 0 {
-        assert!(Instant::now() < deadline, "streams left: {}", show_log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    setup.wait_streams_done();
     // No update lost, none duplicated (by uuid), in order per task.
     assert_exact(&driver, &expected);
-    assert!(agent.terminate().success(), "{}", show_log());
-    drop(cgroups);
+    assert!(setup.agent.terminate().success(), "{}", setup.log());
 }
 
-fn d_latest(driver: &Driver, task: &str) -> Option<TaskState> {
-    driver.latest(task)
+#[test]
+fn sigterm_leaves_tasks_running_drain_kills_them_and_a_lost_master_is_rejoined() {
+    if !require_root("daemon_sigterm") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut setup = Setup::new("sigterm", "");
+    let (driver, image) = (setup.driver.clone(), setup.image.clone());
+    launch(
+        &driver,
+        vec![
+            task("stays", &image, "sleep 3600", 16.0),
+            task("no-image", "cairn-test/does-not-exist:1", "true", 16.0),
+        ],
+    );
+    driver.wait_for(
+        "RUNNING and a failed launch",
+        Duration::from_secs(60),
+        |d| {
+            d.latest("stays") == Some(TaskState::Running)
+                && d.latest("no-image").is_some_and(TaskState::is_terminal)
+        },
+    );
+    let failed = driver.distinct()["no-image"].last().unwrap().clone();
+    assert_eq!(failed.state, TaskState::Failed, "{failed:?}");
+    assert_eq!(
+        failed.reason,
+        Some(cairn_api::Reason::ContainerLaunchFailed)
+    );
+    let pid = init_pid(&setup.work, &container_of(&driver, "stays"));
+
+    // The master goes away (the stream closes): the agent reregisters with its id.
+    let before = driver.state.lock().unwrap().registrations.len();
+    driver.forget_stream();
+    driver.wait_for("a reregistration", Duration::from_secs(30), |d| {
+        d.state.lock().unwrap().registrations.len() > before
+    });
+    assert_eq!(
+        driver.state.lock().unwrap().registrations.last().unwrap().0,
+        AgentCallType::Reregister
+    );
+
+    // Default SIGTERM: the task keeps running.
+    assert!(setup.agent.terminate().success(), "{}", setup.log());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "SIGTERM killed the task"
+    );
+
+    // With drain: SIGTERM kills it gracefully first, and the update is delivered.
+    let text = fs::read_to_string(&setup.config).unwrap();
+    fs::write(&setup.config, format!("{text}drain_on_sigterm = true\n")).unwrap();
+    driver.forget_stream();
+    setup.restart();
+    driver.wait_for("the agent back", Duration::from_secs(30), |d| {
+        d.state.lock().unwrap().stream.is_some()
+    });
+    assert!(setup.agent.terminate().success(), "{}", setup.log());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "drain left the task"
+    );
+    assert_eq!(
+        driver.latest("stays"),
+        Some(TaskState::Killed),
+        "{}",
+        setup.log()
+    );
+    assert_exact(
+        &driver,
+        &HashMap::from([(
+            "stays".to_string(),
+            vec![
+                TaskState::Starting,
+                TaskState::Running,
+                TaskState::Killing,
+                TaskState::Killed,
+            ],
+        )]),
+    );
 }
 
 #[test]
