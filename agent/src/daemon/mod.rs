@@ -107,13 +107,27 @@ impl Daemon {
         let containerizer = Arc::new(containerizer);
         // Subscribe before reconciling, so an exit in between is seen by one or the other.
         let events = containerizer.subscribe();
-        let status = StatusUpdateManager::open(layout.meta().join("status"))
-            .context("reading the status update streams")?;
+        let status_dir = layout.meta().join("status");
+        let boot_id = checkpoint::boot_id()?;
+        if let Some(previous) =
+            checkpoint::read::<checkpoint::AgentCheckpoint>(&layout.agent_file())?
+        {
+            if previous.boot_id != boot_id && status_dir.exists() {
+                // The host rebooted: the tasks of that boot are gone and the agent registers
+                // as a new one (Mesos); their updates would name tasks the master removed.
+                tracing::warn!(
+                    "the host rebooted since the last run: dropping the old status streams"
+                );
+                std::fs::remove_dir_all(&status_dir)
+                    .with_context(|| format!("removing {}", status_dir.display()))?;
+            }
+        }
+        let status =
+            StatusUpdateManager::open(status_dir).context("reading the status update streams")?;
         let recovered_id = checkpoint::recover_agent_id(&layout)?;
         if let Some(id) = &recovered_id {
             status.set_agent_id(id.clone());
         }
-        let boot_id = checkpoint::boot_id()?;
         let (cap, resources) = offer(&config)?;
         let hostname = config.hostname.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
