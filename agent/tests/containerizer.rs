@@ -232,19 +232,62 @@ fn twenty_tasks_finish_with_their_exit_codes_and_stdout_needs_root() {
 fn a_task_over_its_memory_limit_fails_with_the_memory_reason_needs_root() {
     let Some(fx) = fixture("oom") else { return };
     let (c, _) = fx.start();
+    // On v1 the OOM killer takes only dd and the shell would sleep on: the task ends because
+    // the limitation destroys the container (the OOM event, or the periodic watch), not
+    // because its command finished.
     let req = fx.request(
         "hog",
         32.0,
-        shell("dd if=/dev/zero of=/dev/null bs=100M count=1; echo survived"),
+        shell("dd if=/dev/zero of=/dev/null bs=100M count=1; echo survived; sleep 30"),
     );
+    let launched = Instant::now();
     let id = c.launch(&req);
     let t = c.wait(&id).unwrap();
+    eprintln!("oom: launch to end in {:?}", launched.elapsed());
     assert_state(
         &t,
         TaskState::Failed,
         Some(Reason::ContainerLimitationMemory),
     );
     assert!(t.message.contains("memory"), "{t:?}");
+    assert!(
+        launched.elapsed() < Duration::from_secs(20),
+        "ended by its command, not by the limitation: {t:?}"
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn a_task_over_its_disk_limit_is_killed_with_the_disk_reason_needs_root() {
+    let Some(mut fx) = fixture("du") else { return };
+    fx.config.isolation.push("disk/du".into());
+    fx.config.disk.watch_interval_secs = 1;
+    let (c, _) = fx.start();
+    let mut req = fx.request(
+        "filler",
+        64.0,
+        shell("dd if=/dev/zero of=$MESOS_SANDBOX/fill bs=1M count=40; sleep 30"),
+    );
+    req.resources = req.resources.with_scalar("disk", 20.0).unwrap();
+    let launched = Instant::now();
+    let id = c.launch(&req);
+    let t = c.wait(&id).unwrap();
+    eprintln!("du: launch to end in {:?}", launched.elapsed());
+    assert_state(&t, TaskState::Failed, Some(Reason::ContainerLimitationDisk));
+    // Usage and limit: "disk limit exceeded: <used> of 20971520 bytes used".
+    assert!(t.message.contains("disk limit exceeded"), "{t:?}");
+    assert!(t.message.contains("of 20971520 bytes"), "{t:?}");
+    let used: u64 = t
+        .message
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap();
+    assert!(used > 20 * 1024 * 1024, "{t:?}");
+    // Killed (SIGKILL), not ended by its command.
+    assert_eq!(t.exit_code(), 128 + 9, "{t:?}");
+    assert!(launched.elapsed() < Duration::from_secs(25), "{t:?}");
+    // The sandbox stays for the operator; only the container is gone.
+    assert!(c.layout().sandbox(&id).join("fill").exists());
     fx.assert_clean();
 }
 

@@ -5,11 +5,13 @@
 //!
 //! It is synchronous: [`Containerizer::launch`] blocks until the task runs or failed (call it
 //! from a blocking thread), and one monitor thread notices exits (the supervisors' exit files)
-//! and limitations (isolator `watch`). Every state is checkpointed before it is acted on
+//! and limitations: pushed by isolators that [`Isolator::subscribe`] offers (an OOM kill, as the
+//! kernel reports it) on one thread each, and polled with `watch` as the fallback. Every state is checkpointed before it is acted on
 //! ([`crate::checkpoint`]), so [`Containerizer::start`] can recover after the agent died:
 //! containers keep running under their supervisors meanwhile.
 
 pub mod bundle;
+mod isolation;
 pub mod provision;
 mod recover;
 pub mod state;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use cairn_api::{ContainerId, Reason, TaskId, TaskState};
 use cairn_isolators::cgroups::CgroupsConfig;
-use cairn_isolators::registry::IsolatorsConfig;
+use cairn_isolators::disk::DiskConfig;
 use cairn_isolators::{Isolator, Limitation, Preparation, ResourceStatistics};
 use cairn_oci::extract::LayerCache;
 use cairn_oci::registry::RegistryConfig;
@@ -52,6 +54,8 @@ pub struct ContainerizerConfig {
     pub isolation: Vec<String>,
     /// Where container cgroups go.
     pub cgroups: CgroupsConfig,
+    /// The `disk/du` and `disk/quota` knobs (watch interval, ...).
+    pub disk: DiskConfig,
     /// The `cairn-supervisor` binary.
     pub supervisor: PathBuf,
     /// Registry settings for pulls; `None` runs only images already in the local store.
@@ -82,6 +86,7 @@ impl ContainerizerConfig {
                 "cgroups/pids".into(),
             ],
             cgroups: CgroupsConfig::default(),
+            disk: DiskConfig::default(),
             supervisor,
             registry: None,
             rootfs_mode: RootfsMode::Auto,
@@ -96,7 +101,7 @@ impl ContainerizerConfig {
 #[derive(Debug)]
 struct Entry {
     record: ContainerCheckpoint,
-    /// A limitation seen by `watch`, which decides the task's end.
+    /// The first limitation reported (by an event or `watch`), which decides the task's end.
     limitation: Option<Limitation>,
     last_watch: Instant,
     /// The monitor or a destroy owns it now.
@@ -125,6 +130,8 @@ struct Inner {
 pub struct Containerizer {
     inner: Arc<Inner>,
     monitor: Option<JoinHandle<()>>,
+    /// One per isolator that pushes limitations ([`Isolator::subscribe`]).
+    limitation_threads: Vec<JoinHandle<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -200,13 +207,7 @@ impl Containerizer {
         {
             return Err(ContainerizerError::Locked(lock_path));
         }
-        let isolators = cairn_isolators::registry::build(
-            &config.isolation,
-            &IsolatorsConfig {
-                cgroups: config.cgroups.clone(),
-                work_dir: layout.sandboxes(),
-            },
-        )?;
+        let isolators = isolation::build(&config, &layout.sandboxes())?;
         let store = Store::open(layout.images())?;
         let runtime = Runtime::new(RuntimeConfig {
             state_root: layout.runtime(),
@@ -226,6 +227,20 @@ impl Containerizer {
             stop: AtomicBool::new(false),
         });
         let recovery = recover::recover(&inner)?;
+        // Subscribed after recovery, so every event names a container we track: one seen
+        // before (or while no thread listens) is kept by the isolator for the next `watch`.
+        let mut limitation_threads = Vec::new();
+        for (index, iso) in inner.isolators.iter().enumerate() {
+            let Some(events) = iso.subscribe() else {
+                continue;
+            };
+            let weak = Arc::downgrade(&inner);
+            let thread = std::thread::Builder::new()
+                .name(format!("containerizer-limits-{index}"))
+                .spawn(move || isolation::limitation_events(&weak, &events))
+                .map_err(io_err("spawn limitation thread", Path::new("-")))?;
+            limitation_threads.push(thread);
+        }
         let weak = Arc::downgrade(&inner);
         let interval = inner.config.poll_interval;
         let monitor = std::thread::Builder::new()
@@ -236,6 +251,7 @@ impl Containerizer {
             Self {
                 inner,
                 monitor: Some(monitor),
+                limitation_threads,
             },
             recovery,
         ))
@@ -354,6 +370,9 @@ impl Drop for Containerizer {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Release);
         if let Some(handle) = self.monitor.take() {
+            let _ = handle.join();
+        }
+        for handle in self.limitation_threads.drain(..) {
             let _ = handle.join();
         }
     }
@@ -765,6 +784,8 @@ impl Inner {
                 if watch {
                     e.last_watch = now;
                 }
+                // Already limited: killed, waiting for the exit; nothing more to find.
+                let watch = watch && e.limitation.is_none();
                 due.push((id.clone(), e.record.supervisor, watch));
             }
         }
@@ -782,10 +803,7 @@ impl Inner {
                     .filter(|i| i.watch_interval().is_some())
                 {
                     if let Ok(Some(l)) = iso.watch(&id) {
-                        if let Some(e) = lock(&self.containers).get_mut(&id) {
-                            e.limitation = Some(l);
-                        }
-                        self.signal(&id, Signal::SIGKILL);
+                        self.limited(&id, l);
                         break;
                     }
                 }
