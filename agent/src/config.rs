@@ -87,6 +87,10 @@ pub struct AgentArgs {
     /// [default: 5].
     #[arg(long, env = "CAIRN_KILL_GRACE")]
     pub kill_grace: Option<f64>,
+    /// First delay, in seconds, before resending an unacknowledged status update; doubles up
+    /// to 10 minutes [default: 10].
+    #[arg(long, env = "CAIRN_STATUS_UPDATE_RETRY")]
+    pub status_update_retry: Option<f64>,
 }
 
 /// The config file: the same names as the flags, in snake case. Unknown keys are errors.
@@ -111,6 +115,7 @@ struct FileConfig {
     registration_backoff: Option<f64>,
     resource_interval: Option<f64>,
     kill_grace: Option<f64>,
+    status_update_retry: Option<f64>,
 }
 
 /// Where the master is.
@@ -142,6 +147,7 @@ pub struct AgentConfig {
     pub registration_backoff: Duration,
     pub resource_interval: Duration,
     pub kill_grace: Duration,
+    pub status_update_retry: Duration,
 }
 
 /// A bad setting, named.
@@ -371,6 +377,12 @@ impl AgentArgs {
                 a.resource_interval.or(f.resource_interval).unwrap_or(60.0),
             )?,
             kill_grace: seconds("kill_grace", a.kill_grace.or(f.kill_grace).unwrap_or(5.0))?,
+            status_update_retry: positive_seconds(
+                "status_update_retry",
+                a.status_update_retry
+                    .or(f.status_update_retry)
+                    .unwrap_or(10.0),
+            )?,
         })
     }
 }

@@ -41,6 +41,8 @@ struct DriverState {
     updates: Vec<Update>,
     stream: Option<Sender<AgentEvent>>,
     heartbeats: usize,
+    /// Leave the first delivery of every update unacknowledged (to see it resent).
+    drop_first: bool,
 }
 
 #[derive(Clone)]
@@ -156,9 +158,18 @@ impl Driver {
             AgentCallType::StatusUpdate => {
                 let update = call.status_update.unwrap();
                 let mut s = self.state.lock().unwrap();
+                let first = !s
+                    .updates
+                    .iter()
+                    .any(|u| u.status.uuid == update.status.uuid);
                 s.updates.push(Update {
                     status: update.status.clone(),
                 });
+                if first && s.drop_first {
+                    drop(s);
+                    respond(&mut sock, "202 Accepted", b"");
+                    return;
+                }
                 // Acknowledge at once, as a framework would.
                 if let Some(tx) = &s.stream {
                     let _ = tx.send(AgentEvent::acknowledge(AcknowledgeUpdate {
@@ -731,6 +742,55 @@ fn sigterm_leaves_tasks_running_drain_kills_them_and_a_lost_master_is_rejoined()
             ],
         )]),
     );
+}
+
+#[test]
+fn an_unacknowledged_update_is_resent_and_the_next_waits_for_its_ack() {
+    if !require_root("daemon_resend") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new("resend", "status_update_retry = 0.3\n");
+    let (driver, image) = (setup.driver.clone(), setup.image.clone());
+    driver.state.lock().unwrap().drop_first = true;
+    launch(&driver, vec![task("resent", &image, "true", 16.0)]);
+    driver.wait_for("FINISHED", Duration::from_secs(60), |d| {
+        d.latest("resent") == Some(TaskState::Finished)
+    });
+    setup.wait_streams_done();
+    assert_exact(
+        &driver,
+        &HashMap::from([(
+            "resent".to_string(),
+            vec![TaskState::Starting, TaskState::Running, TaskState::Finished],
+        )]),
+    );
+    // Each update arrived at least twice (the first delivery went unacknowledged), and the
+    // next one only after the previous was delivered again (and so acknowledged).
+    let arrivals: Vec<String> = driver
+        .state
+        .lock()
+        .unwrap()
+        .updates
+        .iter()
+        .map(|u| u.status.uuid.clone().unwrap())
+        .collect();
+    let mut order: Vec<&String> = Vec::new();
+    for uuid in &arrivals {
+        if order.last() != Some(&uuid) {
+            assert!(!order.contains(&uuid), "out of order: {arrivals:?}");
+            order.push(uuid);
+        }
+    }
+    assert_eq!(order.len(), 3, "{arrivals:?}");
+    for uuid in order {
+        assert!(
+            arrivals.iter().filter(|u| *u == uuid).count() >= 2,
+            "{arrivals:?}"
+        );
+    }
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::checkpoint::{self, Layout};
 use crate::config::AgentConfig;
 use crate::containerizer::{Containerizer, ContainerizerConfig};
 use crate::http::{AgentHttpState, AgentInfo, ContainerizerView, RecoveryStats};
-use crate::master_link::{self, LinkConfig, STATUS_RETRY_MIN};
+use crate::master_link::{self, LinkConfig};
 use crate::status::StatusUpdateManager;
 pub use agent::{launch_request, Agent};
 
@@ -225,7 +225,7 @@ impl Daemon {
                 agent_id: recovered_id,
                 heartbeat_interval: config.heartbeat_interval,
                 registration_backoff: config.registration_backoff,
-                status_retry: STATUS_RETRY_MIN,
+                status_retry: config.status_update_retry,
             },
             done.clone(),
         ));

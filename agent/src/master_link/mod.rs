@@ -56,8 +56,8 @@ pub struct LinkConfig {
 
 /// The longest delay between registration attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Mesos's `STATUS_UPDATE_RETRY_INTERVAL_MIN` and `_MAX`.
-pub const STATUS_RETRY_MIN: Duration = Duration::from_secs(10);
+/// Mesos's `STATUS_UPDATE_RETRY_INTERVAL_MAX` (its `_MIN`, 10 s, is the default of
+/// [`LinkConfig::status_retry`]).
 pub const STATUS_RETRY_MAX: Duration = Duration::from_secs(600);
 /// How often the link looks for status updates and resource changes to send.
 const TICK: Duration = Duration::from_millis(50);
