@@ -381,7 +381,8 @@ impl Master {
             parsed.push((c.role.clone(), text(&c.guarantees), text(&c.limits), g, l));
         }
         for (role, gt, lt, g, l) in parsed {
-            self.allocator.set_quota(&role, g, (!l.is_empty()).then_some(l));
+            self.allocator
+                .set_quota(&role, g, (!l.is_empty()).then_some(l));
             self.registry.quotas.insert(
                 role,
                 crate::registry::Quota {
