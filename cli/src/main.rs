@@ -1,21 +1,114 @@
-//! `cairn`: the Cairn command-line tool.
+//! `cairn`: the Cairn command-line tool. Parses the command line, talks HTTP to the master
+//! (and, for output and usage, to agents), and exits with a code scripts can rely on:
+//! 0 ok, 1 error, 2 usage, 130 interrupted, and `cairn run` the task's own code.
 
+mod cluster;
+mod http;
+mod inspect;
+mod run;
+mod scheduler;
 mod size;
+mod table;
 
-use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Cairn: run containers on a cluster, and look at it.
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about)]
 struct Cli {
+    /// The master: a URL or host:port (307 redirects to the leader are followed).
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_MASTER",
+        default_value = "http://127.0.0.1:5050"
+    )]
+    master: String,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a resource request and print it in Mesos's resource form (the building block of
-    /// `cairn run`, which follows with the master's scheduler API).
+    /// Run a command as a task on the cluster and wait for it, exiting with its code.
+    Run {
+        /// Docker image to run in (a Mesos container with a DOCKER image).
+        #[arg(long)]
+        image: Option<String>,
+        /// CPUs, e.g. 0.5.
+        #[arg(long, default_value_t = 0.1)]
+        cpus: f64,
+        /// Memory, e.g. 256M or 1G (a bare number is MiB).
+        #[arg(long, default_value = "128M", value_parser = size::parse_mb)]
+        mem: f64,
+        /// Disk, e.g. 1G.
+        #[arg(long, value_parser = size::parse_mb)]
+        disk: Option<f64>,
+        /// Environment variable K=V (repeatable).
+        #[arg(long, short = 'e', value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Role to take offers for.
+        #[arg(long, default_value = "*")]
+        role: String,
+        /// Task name (also the task id's prefix).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the task id once it runs and exit, leaving it running.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Give up when no offer fits within this long (e.g. 60s, 2m).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// The command and its arguments (one argument is run by sh -c as is).
+        #[arg(last = true, required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// List agents.
+    Agents,
+    /// List tasks (live ones; -a for all).
+    Ps {
+        /// Include ended tasks.
+        #[arg(long, short = 'a')]
+        all: bool,
+    },
+    /// List frameworks.
+    Frameworks,
+    /// Kill a task.
+    Kill {
+        /// Task id.
+        task: String,
+        /// How long to wait for the task to end.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+    /// Print a task's stdout (or stderr) from its sandbox.
+    Logs {
+        /// Task id.
+        task: String,
+        /// Keep printing as the output grows, until the task ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Print stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Resource usage of running tasks, from the agents.
+    Top {
+        /// Refresh every this long (e.g. 2s) instead of printing once.
+        #[arg(long, short = 'w', value_parser = parse_duration)]
+        watch: Option<Duration>,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+    /// Check a resource request and print it in Mesos's resource form.
     Resources {
         /// CPUs, e.g. 0.5.
         #[arg(long, default_value_t = 1.0)]
@@ -29,9 +122,95 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not K=V")),
+    }
+}
+
+/// `90`, `90s`, `500ms`, `2m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+fn main() {
     let cli = Cli::parse();
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("cairn: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let mut master = http::Endpoint::new(&cli.master, "master");
     match cli.command {
+        Command::Run {
+            image,
+            cpus,
+            mem,
+            disk,
+            env,
+            role,
+            name,
+            detach,
+            timeout,
+            command,
+        } => {
+            let interrupted = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
+            signal_hook::flag::register(signal_hook::consts::SIGTERM, interrupted.clone())?;
+            let spec = run::RunSpec {
+                command,
+                image,
+                cpus,
+                mem_mb: mem,
+                disk_mb: disk,
+                env,
+                role,
+                name,
+                detach,
+                timeout,
+            };
+            return run::run(&master, &spec, &interrupted);
+        }
+        Command::Agents => inspect::agents(&mut master, cli.json)?,
+        Command::Ps { all } => inspect::ps(&mut master, all, cli.json)?,
+        Command::Frameworks => inspect::frameworks(&mut master, cli.json)?,
+        Command::Kill { task, wait } => inspect::kill(&mut master, &task, wait)?,
+        Command::Logs {
+            task,
+            follow,
+            stderr,
+        } => inspect::logs(&mut master, &task, follow, stderr)?,
+        Command::Top { watch } => inspect::top(&mut master, cli.json, watch)?,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+        }
         Command::Resources { cpus, mem, disk } => {
             let mut r = cairn_api::Resources::new()
                 .with_scalar("cpus", cpus)?
@@ -42,5 +221,5 @@ fn main() -> anyhow::Result<()> {
             println!("{r}");
         }
     }
-    Ok(())
+    Ok(0)
 }
