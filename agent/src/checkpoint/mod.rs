@@ -15,7 +15,7 @@
 //! <work_dir>/images/                            the image store and extracted layers
 //! ```
 
-pub mod durable;
+pub use cairn_durable as durable;
 
 use std::fs;
 use std::io;

@@ -12,8 +12,8 @@ pub mod seccomp;
 pub mod settings;
 pub mod user;
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
@@ -78,23 +78,6 @@ pub fn write_bundle(bundle: &Path, spec: &Spec) -> Result<PathBuf, SpecError> {
     fs::create_dir_all(bundle).map_err(io_err("create", bundle))?;
     let json = serde_json::to_vec_pretty(spec)?;
     let target = bundle.join(CONFIG_FILE);
-    let tmp = bundle.join(format!(".{CONFIG_FILE}.tmp-{}", std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&json)?;
-        file.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("write", &tmp)(e));
-    }
-    if let Err(e) = fs::rename(&tmp, &target) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("rename into", &target)(e));
-    }
-    // The rename is durable once the directory is synced.
-    File::open(bundle)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync", bundle))?;
+    cairn_durable::write_atomic(&target, &json).map_err(io_err("write", &target))?;
     Ok(target)
 }

@@ -1,8 +1,11 @@
-//! Crash-safe file replacement: write a temp file in the same directory, fsync it, rename it
-//! over the target, fsync the directory. A crash at any point leaves the old or the new
-//! content, never a mix (`rename(2)` atomicity; the directory fsync makes the rename itself
-//! durable). The same idea as the master's `durable.rs`; the agent keeps its own copy because
-//! the crates meet only in `api`, which does no I/O.
+//! Crash-safe file replacement, shared by every Cairn daemon that keeps state on disk (the
+//! master's standalone registry, the agent's checkpoints, `oci` bundles).
+//!
+//! Write a temp file in the same directory, fsync it, rename it over the target, fsync the
+//! directory. A crash at any point leaves either the old or the new content, never a mix
+//! (`rename(2)` atomicity; the directory fsync makes the rename itself durable).
+//!
+//! It is its own small crate because `api`, where agent and master otherwise meet, does no I/O.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -68,8 +71,22 @@ mod tests {
         write_atomic(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        fs::write(dir.path().join(format!("x.1{TEMP_SUFFIX}")), b"partial").unwrap();
+    }
+
+    #[test]
+    fn stale_temps_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(format!("state.json.1{TEMP_SUFFIX}")),
+            b"partial",
+        )
+        .unwrap();
+        fs::write(dir.path().join("state.json"), b"whole").unwrap();
         remove_stale_temps(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
     }
 }
