@@ -1,7 +1,9 @@
 //! `/metrics`: the `/metrics/snapshot` values in Prometheus text format, named `cairn_` +
-//! the Mesos name with `/` as `_` (`master/cpus_total` is `cairn_master_cpus_total`). Task
+//! the Mesos name with `/` as `_` (`master/cpus_used` is `cairn_master_cpus_used`). Task
 //! counts by state are also one family with a `state` label (`cairn_master_tasks{state=
-//! "TASK_RUNNING"}`), and milliseconds become seconds, as Prometheus's conventions ask.
+//! "TASK_RUNNING"}`), and milliseconds become seconds, as Prometheus's conventions ask. The
+//! values are gauges, and a `_total` suffix is reserved for counters (`promtool check
+//! metrics` rejects it on a gauge), so `master/cpus_total` is `cairn_master_cpus`.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +30,8 @@ pub fn render(snapshot: &BTreeMap<String, f64>) -> Result<String, prometheus::Er
             (format!("{base}_seconds"), value / 1000.0)
         } else if let Some(base) = key.strip_suffix("_secs") {
             (format!("{base}_seconds"), *value)
+        } else if let Some(base) = key.strip_suffix("_total") {
+            (base.to_string(), *value)
         } else {
             (key.clone(), *value)
         };
