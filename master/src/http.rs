@@ -68,6 +68,12 @@ impl Shared {
         self.master.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Ends every subscriber stream ([`Master::close_subscribers`]), so a graceful
+    /// shutdown can finish.
+    pub fn close_streams(&self) {
+        self.lock().close_subscribers();
+    }
+
     /// Runs [`Master::tick`] every `interval` until the process ends.
     pub fn spawn_ticker(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
         let shared = self.clone();

@@ -123,8 +123,13 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let ticker = shared.spawn_ticker(cfg.allocation_interval);
-    axum::serve(listener, cairn_master::http::router(shared))
-        .with_graceful_shutdown(async {
+    // On SIGTERM/SIGINT the subscriber streams are closed first: a graceful shutdown waits
+    // for responses to end, and an event stream never ends by itself. Connections still
+    // open DRAIN later (a client not reading) are dropped.
+    let closer = shared.clone();
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let serve = axum::serve(listener, cairn_master::http::router(shared)).with_graceful_shutdown(
+        async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("installing a SIGTERM handler never fails on Linux");
@@ -132,9 +137,19 @@ async fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-        })
-        .await
-        .context("serving the APIs")?;
+            tracing::info!("shutting down: closing subscriber streams");
+            closer.close_streams();
+            let _ = stopping_tx.send(true);
+        },
+    );
+    const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(serve) => served.context("serving the APIs")?,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(DRAIN).await;
+        } => tracing::warn!("connections still open {DRAIN:?} after the signal: exiting anyway"),
+    }
     ticker.abort();
     if let Some(task) = leadership {
         // Dropping the election closes the ZooKeeper session, removing this master's znode.

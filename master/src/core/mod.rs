@@ -277,6 +277,18 @@ impl Master {
         }
     }
 
+    /// Ends every subscriber stream (frameworks and agents) by dropping its queue, as the
+    /// process shuts down: an HTTP server draining gracefully waits for responses to end,
+    /// and an event stream otherwise never does.
+    pub fn close_subscribers(&mut self) {
+        for f in self.frameworks.values_mut() {
+            f.subscription = None;
+        }
+        for a in self.agents.values_mut() {
+            a.conn = None;
+        }
+    }
+
     /// Sends `event` to a framework's stream; a gone or stalled subscriber is disconnected.
     pub(crate) fn send_event(&mut self, fw: &FrameworkId, event: Event) -> bool {
         let Some(f) = self.frameworks.get_mut(fw) else {
