@@ -159,6 +159,9 @@ impl LoopFs {
         let (target, image) = (self.mount.target.clone(), self.image.clone());
         drop(self);
         assert!(!is_mounted(&target), "{} still mounted", target.display());
+        // `losetup -d` only marks a busy device for detach (autoclear); the kernel lets go once
+        // the last reference, e.g. a lazily finishing unmount, is gone. Give it a moment.
+        cairn_testsupport::wait_until(Duration::from_secs(10), || loops_backing(&image).is_empty());
         assert!(
             loops_backing(&image).is_empty(),
             "loop devices still attached to {}: {:?}",
