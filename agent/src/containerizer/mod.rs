@@ -357,12 +357,24 @@ impl Containerizer {
             Some(e) if e.record.termination.is_some() => {}
             _ => return Err(ContainerizerError::Unknown(id.clone())),
         }
-        containers.remove(id);
+        // Remove the directory before the entry, so a failure can be retried. The supervisor
+        // may still be writing its last files (it exits after the container), which makes
+        // `remove_dir_all` race with a new entry (ENOTEMPTY): try again a few times.
         let dir = self.inner.layout.container_meta(id);
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &dir)(e)),
-            _ => Ok(()),
+        let mut attempt = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempt < 10 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(io_err("remove", &dir)(e)),
+            }
         }
+        containers.remove(id);
+        Ok(())
     }
 }
 
