@@ -20,6 +20,7 @@ use cairn_agent::containerizer::{
     Containerizer, ContainerizerConfig, LaunchRequest, TaskCommand, Termination,
 };
 use cairn_api::{ContainerId, Resources, TaskState};
+use cairn_testsupport::cgroups::CgroupParent;
 use cairn_testsupport::images::TestImages;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_cairn-agent");
@@ -28,67 +29,6 @@ const LATENCY_RUNS: usize = 50;
 const SHORT_TASKS: usize = 1000;
 const CONCURRENCY: usize = 8;
 const KILL_GRACE: Duration = Duration::from_millis(100);
-
-/// A cgroup parent below this process's deepest v1 cgroup, in every v1 hierarchy; the
-/// directories it had to create are removed on drop (as in tests/containerizer.rs).
-struct CgroupParent {
-    path: PathBuf,
-    created: Vec<PathBuf>,
-}
-
-fn v1_mounts() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let mount_point = PathBuf::from(pre.split_whitespace().nth(4)?);
-            (post.split_whitespace().next()? == "cgroup").then_some(mount_point)
-        })
-        .collect()
-}
-
-impl CgroupParent {
-    fn new() -> Self {
-        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let deepest = text
-            .lines()
-            .filter(|l| !l.starts_with("0::"))
-            .filter_map(|l| l.splitn(3, ':').nth(2).map(PathBuf::from))
-            .max_by_key(|p| p.components().count())
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let path = deepest.join(format!("cairn-agent-bench-{}", std::process::id()));
-        let mut created = Vec::new();
-        for mount in v1_mounts() {
-            let mut dir = mount.join(path.strip_prefix("/").unwrap());
-            while !dir.exists() && dir != mount {
-                created.push(dir.clone());
-                dir = dir.parent().unwrap().to_path_buf();
-            }
-        }
-        Self { path, created }
-    }
-}
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        for mount in v1_mounts() {
-            let dir = mount.join(self.path.strip_prefix("/").unwrap());
-            if let Ok(rd) = fs::read_dir(&dir) {
-                for e in rd.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = fs::remove_dir(e.path());
-                }
-            }
-        }
-        for dir in &self.created {
-            if dir.exists() {
-                if let Err(e) = fs::remove_dir(dir) {
-                    eprintln!("failed to remove bench cgroup {}: {e}", dir.display());
-                }
-            }
-        }
-    }
-}
 
 /// A `/proc/<pid>/status` field in kB.
 fn status_kb(pid: u32, field: &str) -> Option<u64> {
@@ -152,7 +92,7 @@ impl Bench {
             .prefix("cairn-agent-bench-")
             .tempdir()
             .unwrap();
-        let cgroups = CgroupParent::new();
+        let cgroups = CgroupParent::new("cluster");
         let mut config = ContainerizerConfig::new(dir.path().join("work"));
         config.supervisor = PathBuf::from(SUPERVISOR);
         config.cgroups.parent = cgroups.path.to_string_lossy().into_owned();

@@ -20,6 +20,7 @@ use cairn_api::protocol::{
 };
 use cairn_api::v1::mesos::{MasterInfo, TaskInfo, TaskStatus};
 use cairn_api::{AgentId, FrameworkId, Resources, TaskId, TaskState};
+use cairn_testsupport::cgroups::CgroupParent;
 use cairn_testsupport::images::TestImages;
 use cairn_testsupport::require_root;
 
@@ -244,65 +245,6 @@ impl Driver {
 // ---------------------------------------------------------------------------------------
 // Fixture: a cgroup parent below ours (as the containerizer tests do), a work dir with the
 // busybox image imported, and the agent process.
-
-struct CgroupParent {
-    path: PathBuf,
-    created: Vec<PathBuf>,
-}
-
-fn v1_mounts() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let mount_point = PathBuf::from(pre.split_whitespace().nth(4)?);
-            (post.split_whitespace().next()? == "cgroup").then_some(mount_point)
-        })
-        .collect()
-}
-
-impl CgroupParent {
-    fn new(name: &str) -> Self {
-        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let deepest = text
-            .lines()
-            .filter(|l| !l.starts_with("0::"))
-            .filter_map(|l| l.splitn(3, ':').nth(2).map(PathBuf::from))
-            .max_by_key(|p| p.components().count())
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let path = deepest.join(format!("cairn-daemon-test-{}-{name}", std::process::id()));
-        let mut created = Vec::new();
-        for mount in v1_mounts() {
-            let mut dir = mount.join(path.strip_prefix("/").unwrap());
-            while !dir.exists() && dir != mount {
-                created.push(dir.clone());
-                dir = dir.parent().unwrap().to_path_buf();
-            }
-        }
-        Self { path, created }
-    }
-}
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        for mount in v1_mounts() {
-            let dir = mount.join(self.path.strip_prefix("/").unwrap());
-            if let Ok(rd) = fs::read_dir(&dir) {
-                for e in rd.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = fs::remove_dir(e.path());
-                }
-            }
-        }
-        for dir in &self.created {
-            if dir.exists() {
-                if let Err(e) = fs::remove_dir(dir) {
-                    eprintln!("failed to remove test cgroup {}: {e}", dir.display());
-                }
-            }
-        }
-    }
-}
 
 struct AgentProcess {
     child: Child,

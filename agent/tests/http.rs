@@ -13,78 +13,11 @@ use cairn_agent::http::{
     self, AgentHttpState, AgentInfo, ContainerizerView, RecoveryStats, TaskMeta,
 };
 use cairn_api::{Resources, TaskState};
+use cairn_testsupport::cgroups::CgroupParent;
 use cairn_testsupport::images::TestImages;
 use cairn_testsupport::prometheus::{promtool_check_metrics, sample_value, Prometheus};
 use cairn_testsupport::require_root;
 use serde_json::Value;
-
-/// A cgroup parent below our own cgroup in every v1 hierarchy (our cgroups differ per
-/// hierarchy on this host: take the deepest, below all of them); removed, with every
-/// directory created beneath it, on drop.
-struct CgroupParent {
-    path: PathBuf,
-    created: Vec<PathBuf>,
-}
-
-fn v1_mounts() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let mount_point = PathBuf::from(pre.split_whitespace().nth(4)?);
-            (post.split_whitespace().next()? == "cgroup").then_some(mount_point)
-        })
-        .collect()
-}
-
-impl CgroupParent {
-    fn new(name: &str) -> Self {
-        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let deepest = text
-            .lines()
-            .filter(|l| !l.starts_with("0::"))
-            .filter_map(|l| l.splitn(3, ':').nth(2).map(PathBuf::from))
-            .max_by_key(|p| p.components().count())
-            .unwrap();
-        let path = deepest.join(format!("cairn-agent-test-{}-{name}", std::process::id()));
-        let mut created = Vec::new();
-        for mount in v1_mounts() {
-            let mut dir = mount.join(path.strip_prefix("/").unwrap());
-            while !dir.exists() && dir != mount {
-                created.push(dir.clone());
-                dir = dir.parent().unwrap().to_path_buf();
-            }
-        }
-        Self { path, created }
-    }
-
-    /// Container cgroups left below the parent, in any hierarchy.
-    fn leftovers(&self) -> Vec<PathBuf> {
-        v1_mounts()
-            .into_iter()
-            .map(|m| m.join(self.path.strip_prefix("/").unwrap()))
-            .filter_map(|d| fs::read_dir(d).ok())
-            .flat_map(|rd| rd.filter_map(Result::ok).map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect()
-    }
-}
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        for leftover in self.leftovers() {
-            let _ = fs::remove_dir(&leftover);
-        }
-        for dir in &self.created {
-            if dir.exists() {
-                if let Err(e) = fs::remove_dir(dir) {
-                    eprintln!("failed to remove test cgroup {}: {e}", dir.display());
-                }
-            }
-        }
-    }
-}
 
 /// A client that returns error statuses instead of failing on them.
 struct Client {

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cairn_testsupport::cgroups::CgroupParent;
 use cairn_testsupport::images::TestImages;
 use cairn_testsupport::prometheus::{promtool_check_metrics, Prometheus};
 use cairn_testsupport::{
@@ -77,84 +78,6 @@ fn get_json(url: &str) -> Result<Value, String> {
 
 // ---------------------------------------------------------------------------------------
 // A cgroup parent below the test's own cgroup (as agent/tests/daemon.rs does), removed on drop.
-
-struct CgroupParent {
-    path: PathBuf,
-    created: Vec<PathBuf>,
-}
-
-fn v1_mounts() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let mount_point = PathBuf::from(pre.split_whitespace().nth(4)?);
-            (post.split_whitespace().next()? == "cgroup").then_some(mount_point)
-        })
-        .collect()
-}
-
-fn v2_mount() -> Option<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .find_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
-        })
-}
-
-impl CgroupParent {
-    fn new() -> Self {
-        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let has_v1 = text.lines().any(|l| !l.starts_with("0::"));
-        let deepest = text
-            .lines()
-            .filter(|l| !(has_v1 && l.starts_with("0::")))
-            .filter_map(|l| l.splitn(3, ':').nth(2).map(PathBuf::from))
-            .max_by_key(|p| p.components().count())
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let path = deepest.join(format!("cairn-cluster-test-{}", std::process::id()));
-        let mut created = Vec::new();
-        for mount in v1_mounts().into_iter().chain(v2_mount()) {
-            let mut dir = mount.join(path.strip_prefix("/").unwrap());
-            while !dir.exists() && dir != mount {
-                created.push(dir.clone());
-                dir = dir.parent().unwrap().to_path_buf();
-            }
-        }
-        Self { path, created }
-    }
-
-    fn dirs(&self) -> Vec<PathBuf> {
-        v1_mounts()
-            .into_iter()
-            .chain(v2_mount())
-            .map(|m| m.join(self.path.strip_prefix("/").unwrap()))
-            .collect()
-    }
-}
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        for dir in self.dirs() {
-            if let Ok(rd) = fs::read_dir(&dir) {
-                for e in rd.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = fs::remove_dir(e.path());
-                }
-            }
-        }
-        for dir in &self.created {
-            if dir.exists() {
-                if let Err(e) = fs::remove_dir(dir) {
-                    eprintln!("failed to remove test cgroup {}: {e}", dir.display());
-                }
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The scheduler: pymesos in a child process whose stdout lines arrive on a channel.
@@ -302,7 +225,7 @@ fn real_master_and_agent_run_pymesos_tasks_and_prometheus_sees_them() {
     // Field order is drop order: services first, then cgroups, then directories.
     let master_dir = ServiceDir::new("cluster-master");
     let agent_dir = ServiceDir::new("cluster-agent");
-    let cgroups = CgroupParent::new();
+    let cgroups = CgroupParent::new("cluster");
     let work = agent_dir.path().join("work");
     let image = import_busybox(&agent_bin, &work, &cgroups);
 
