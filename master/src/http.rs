@@ -205,7 +205,15 @@ fn event_stream<E: Serialize + Send + 'static>(
     let guard = CloseGuard(on_close);
     let stream = async_stream(move |tx| async move {
         let _guard = guard;
-        while let Some(event) = rx.recv().await {
+        loop {
+            // Waiting only on `rx` would notice a client that went away at the next event,
+            // which can be a whole heartbeat interval later; `tx.closed()` fires as soon as
+            // hyper drops the body on the connection's EOF.
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = tx.closed() => None,
+            };
+            let Some(event) = event else { break };
             let Ok(json) = serde_json::to_vec(&event) else {
                 continue;
             };
