@@ -30,7 +30,7 @@ lintian --fail-on error --suppress-tags-from-file packaging/lintian-overrides.tx
   || fail "lintian errors"
 
 step rpmlint
-rpmlint -r packaging/rpmlintrc.toml "${rpms[@]}" || fail "rpmlint errors"
+rpmlint -c packaging/rpmlint.toml "${rpms[@]}" || fail "rpmlint errors"
 
 step "rpm -qp"
 expect_files() {
@@ -90,12 +90,12 @@ cp -a "$base" "$root"
 cp "${debs[@]}" "$root/tmp/"
 in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 in_root sh -c 'dpkg -i /tmp/*.deb' || fail "dpkg -i failed"
-in_root cairn-agent --version | tee /dev/stderr | grep -q "$version" || fail "cairn-agent --version"
-in_root cairn-master --version | tee /dev/stderr | grep -q "$version" || fail "cairn-master --version"
-in_root cairn --version | tee /dev/stderr | grep -q "$version" || fail "cairn --version"
+in_root cairn-agent --version | tee -a /dev/stderr | grep -q "$version" || fail "cairn-agent --version"
+in_root cairn-master --version | tee -a /dev/stderr | grep -q "$version" || fail "cairn-master --version"
+in_root cairn --version | tee -a /dev/stderr | grep -q "$version" || fail "cairn --version"
 [ -x "$root/usr/bin/cairn-supervisor" ] || fail "cairn-supervisor not next to cairn-agent"
 in_root getent passwd cairn || fail "no cairn user"
-in_root dpkg-query -W -f='${Conffiles}\n' cairn-agent cairn-master | tee /dev/stderr \
+in_root dpkg-query -W -f='${Conffiles}\n' cairn-agent cairn-master | tee -a /dev/stderr \
   | grep -c '/etc/cairn/' | grep -qx 2 || fail "conffiles"
 # The installed configs parse: --version does not read them, the agent's offer dry run does.
 in_root cairn-agent --help >/dev/null
@@ -114,6 +114,9 @@ SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no --root="$root" \
   cairn-agent.service cairn-master.service 2>&1 | tee "$tmp/verify.log"
 grep -v -e 'Failed to prepare filename' -e '^$' "$tmp/verify.log" | grep -q . \
   && fail "systemd-analyze verify reported problems"
+
+step "upgrade: a running task survives the agent package's upgrade"
+packaging/tests/upgrade.sh || fail "upgrade survival"
 
 echo
 echo "packaging test: ok"
