@@ -3,6 +3,7 @@
 //! 0 ok, 1 error, 2 usage, 130 interrupted, and `cairn run` the task's own code.
 
 mod cluster;
+mod dev;
 mod http;
 mod inspect;
 mod run;
@@ -106,6 +107,28 @@ enum Command {
         #[arg(long, short = 'w', value_parser = parse_duration)]
         watch: Option<Duration>,
     },
+    /// Run a whole local cluster in this process (a standalone master and one agent on
+    /// 127.0.0.1) until Ctrl-C; then kill its tasks and remove its cgroups and state.
+    Dev {
+        /// State directory, kept on exit [default: a temporary directory, removed on exit].
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Master port (0: any free port).
+        #[arg(long, default_value_t = 5050)]
+        port: u16,
+        /// Agent port (0: any free port).
+        #[arg(long, default_value_t = 5051)]
+        agent_port: u16,
+        /// A `docker save` tarball to import into the agent's image store (repeatable).
+        #[arg(long, value_name = "ARCHIVE")]
+        import: Vec<std::path::PathBuf>,
+        /// Resources the agent offers instead of the measured ones, e.g. `cpus:2;mem:2048`.
+        #[arg(long)]
+        resources: Option<String>,
+        /// Log the master's and the agent's info messages (warnings only otherwise).
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Check a resource request and print it in Mesos's resource form.
@@ -197,6 +220,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 timeout,
             };
             return run::run(&master, &spec, &interrupted);
+        }
+        Command::Dev {
+            dir,
+            port,
+            agent_port,
+            import,
+            resources,
+            verbose,
+        } => {
+            return dev::run(&dev::DevOptions {
+                dir,
+                port,
+                agent_port,
+                import,
+                resources,
+                verbose,
+            })
         }
         Command::Agents => inspect::agents(&mut master, cli.json)?,
         Command::Ps { all } => inspect::ps(&mut master, all, cli.json)?,
