@@ -113,7 +113,8 @@ impl Gate {
         };
         let leader = leader.borrow();
         match leader.as_ref() {
-            Some(info) if info.id != self.inner.self_id => leader_authority(info)
+            Some(info) if info.id != self.inner.self_id => info
+                .authority()
                 .map_or(Route::Unavailable, |authority| Route::Redirect {
                     authority,
                 }),
@@ -146,21 +147,6 @@ impl Gate {
             count(&self.inner.writes_failed),
         );
     }
-}
-
-/// `host:port` of a leader as Mesos redirects to it: `address.hostname` when set, else the IP.
-fn leader_authority(info: &MasterInfo) -> Option<String> {
-    let addr = info.socket_addr()?;
-    let host = info
-        .address
-        .as_ref()
-        .and_then(|a| a.hostname.clone())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| match addr.ip() {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        });
-    Some(format!("{host}:{}", addr.port()))
 }
 
 /// The registry store of a leader with ZooKeeper: each change queues the newest registry for
@@ -315,6 +301,6 @@ mod tests {
     fn authority_falls_back_to_the_ip() {
         let mut i = info("x", "10.0.0.3:5051", "");
         i.address.as_mut().unwrap().hostname = None;
-        assert_eq!(leader_authority(&i).unwrap(), "10.0.0.3:5051");
+        assert_eq!(i.authority().unwrap(), "10.0.0.3:5051");
     }
 }

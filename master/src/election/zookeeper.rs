@@ -1,12 +1,11 @@
-//! Leader election on ZooKeeper, compatible with Mesos's `ZooKeeperMasterContender` and
-//! `ZooKeeperMasterDetector`.
+//! Leader election on ZooKeeper, compatible with Mesos's `ZooKeeperMasterContender` (the
+//! detector, [`cairn_zk::ZkDetector`], and the session rules both follow are in `cairn-zk`).
 //!
 //! Each master joins the group at `<path>` with an ephemeral sequential znode
 //! `<path>/json.info_<seq>` holding its [`MasterInfo`] JSON (Mesos's `MASTER_INFO_JSON_LABEL`,
 //! `zookeeper::Group::join`). The member with the lowest sequence leads. A contender that does
 //! not lead watches only its predecessor (no herd effect when the leader goes); the leader
-//! watches its own znode. Detectors list the children and read the lowest `json.info_*`, as
-//! Mesos's `LeaderDetector` and pymesos do.
+//! watches its own znode.
 //!
 //! Session loss: ZooKeeper deletes a session's ephemeral znodes when the session expires, and a
 //! successor may lead from then on. A leader must therefore stop acting *before* the server can
@@ -18,131 +17,24 @@
 //! session (its znode goes with it) and joins again with a new one. Registry writes are fenced
 //! on top of this ([`ZkFence`]), so even a leader that missed all of the above cannot write.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
+use cairn_zk::session::{
+    election_members, pause, transient, unless_lost, watch_session, zk_err, Backoff, SessionEnd,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use zookeeper_client::{
-    Client, CreateMode, EventType, MultiWriter, SessionInfo, SessionState, StateWatcher,
+use zookeeper_client::{Client, CreateMode, EventType, MultiWriter, SessionInfo};
+
+use super::{Contender, Leadership, MasterInfo};
+pub use cairn_zk::session::{DISCONNECT_GRACE, ELECTION_PREFIX, MASTER_INFO_JSON_LABEL};
+pub use cairn_zk::{
+    ZkConfig, ZkCredentials, ZkDetector, ZkUrl, ZkUrlError, DEFAULT_SESSION_TIMEOUT,
 };
 
-pub use super::zk_url::{ZkConfig, ZkCredentials, ZkUrl, ZkUrlError, DEFAULT_SESSION_TIMEOUT};
-use super::{Contender, Detector, Leadership, MasterInfo};
-
-/// The label Mesos gives JSON `MasterInfo` members (`MASTER_INFO_JSON_LABEL`); znodes are
-/// `<label>_<seq>`.
-pub const MASTER_INFO_JSON_LABEL: &str = "json.info";
-
-/// The prefix of election znodes, `json.info_`.
-pub const ELECTION_PREFIX: &str = "json.info_";
-
-/// How long a disconnected session may try to reconnect, as a fraction of the session timeout,
-/// before its master stops leading (see the module documentation).
-pub const DISCONNECT_GRACE: (u32, u32) = (1, 2);
-
-/// Longest pause between attempts to open a session.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Why a contender or detector could not take part in the election. Each is logged and retried
-/// with a new session; none stops the contender.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ContenderError {
-    #[error("cannot open a ZooKeeper session with {servers}: {source}")]
-    Connect {
-        servers: String,
-        #[source]
-        source: zookeeper_client::Error,
-    },
-    #[error("ZooKeeper {op} {path}: {source}")]
-    ZooKeeper {
-        op: &'static str,
-        path: String,
-        #[source]
-        source: zookeeper_client::Error,
-    },
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SessionEnd {
-    /// Expired, closed or refused by ZooKeeper.
-    Terminated(SessionState),
-    /// Disconnected for longer than the grace.
-    Disconnected(Duration),
-    /// The election znode disappeared while the session lived.
-    ZnodeGone,
-}
-
-/// Resolves when the session behind `states` must be considered lost: at once on a terminal
-/// state, or after `grace` of uninterrupted disconnection.
-async fn session_lost(mut states: StateWatcher, grace: Duration) -> SessionEnd {
-    let mut state = states.state();
-    loop {
-        if state.is_terminated() {
-            return SessionEnd::Terminated(state);
-        }
-        state = if state == SessionState::Disconnected {
-            match tokio::time::timeout(grace, states.changed()).await {
-                Ok(state) => state,
-                Err(_) => return SessionEnd::Disconnected(grace),
-            }
-        } else {
-            states.changed().await
-        };
-    }
-}
-
-type Lost = Pin<Box<dyn Future<Output = SessionEnd> + Send>>;
-
-fn watch_session(client: &Client) -> Lost {
-    let grace = client.session_timeout() * DISCONNECT_GRACE.0 / DISCONNECT_GRACE.1;
-    Box::pin(session_lost(client.state_watcher(), grace))
-}
-
-/// Runs `fut` unless the session is lost first.
-async fn unless_lost<F: Future>(lost: &mut Lost, fut: F) -> Result<F::Output, SessionEnd> {
-    tokio::select! {
-        end = lost.as_mut() => Err(end),
-        out = fut => Ok(out),
-    }
-}
-
-/// Exponential backoff between session attempts, 50 ms up to [`MAX_BACKOFF`].
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Self(Duration::from_millis(50))
-    }
-
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(MAX_BACKOFF);
-    }
-}
-
-/// The election members among `children`, lowest sequence first. Other children (the
-/// `registry`, Mesos's `log_replicas`) are ignored, as Mesos's group ignores other labels.
-pub fn election_members(children: &[String]) -> Vec<(u64, String)> {
-    let mut members: Vec<(u64, String)> = children
-        .iter()
-        .filter_map(|child| {
-            let seq = child.strip_prefix(ELECTION_PREFIX)?.parse::<u64>().ok()?;
-            Some((seq, child.clone()))
-        })
-        .collect();
-    members.sort();
-    members
-}
-
-fn zk_err(op: &'static str, path: &str) -> impl FnOnce(zookeeper_client::Error) -> ContenderError {
-    let path = path.to_string();
-    move |source| ContenderError::ZooKeeper { op, path, source }
-}
+/// Why a contender could not take part in the election (logged and retried; shared with the
+/// detector in `cairn-zk`).
+pub type ContenderError = cairn_zk::ZkError;
 
 /// Proof of leadership for fenced writes: the leader's session and its election znode. Every
 /// registry write is a multi-op that starts with [`ZkFence::add_check`], so it fails as a whole
@@ -387,185 +279,5 @@ async fn contend_in_session(
         if event.event_type == EventType::Session && event.session_state.is_terminated() {
             return Ok(SessionEnd::Terminated(event.session_state));
         }
-    }
-}
-
-/// Errors worth retrying within the same session (the session itself is watched separately).
-fn transient(e: &zookeeper_client::Error) -> bool {
-    matches!(
-        e,
-        zookeeper_client::Error::ConnectionLoss | zookeeper_client::Error::Timeout
-    )
-}
-
-/// A short pause before retrying a request that failed while reconnecting.
-async fn pause() {
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-/// Finds the leading master through ZooKeeper, with its own session (as Mesos's detector).
-/// Detects from [`ZkDetector::start`] until dropped.
-#[derive(Debug)]
-pub struct ZkDetector {
-    leader: watch::Receiver<Option<MasterInfo>>,
-    task: JoinHandle<()>,
-}
-
-impl ZkDetector {
-    /// Starts detecting. Returns at once with `None` as the leader until one is read. Must be
-    /// called inside a tokio runtime.
-    pub fn start(config: ZkConfig) -> Self {
-        let (tx, leader) = watch::channel(None);
-        let task = tokio::spawn(detect(config, tx));
-        Self { leader, task }
-    }
-}
-
-impl Detector for ZkDetector {
-    fn leader(&self) -> watch::Receiver<Option<MasterInfo>> {
-        self.leader.clone()
-    }
-}
-
-impl Drop for ZkDetector {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn publish(tx: &watch::Sender<Option<MasterInfo>>, leader: Option<MasterInfo>) {
-    tx.send_if_modified(|current| {
-        if *current == leader {
-            return false;
-        }
-        match &leader {
-            Some(info) => {
-                tracing::info!(pid = %info.pid, id = %info.id, "detected a new leading master")
-            }
-            None => tracing::info!("no leading master detected"),
-        }
-        *current = leader;
-        true
-    });
-}
-
-async fn detect(config: ZkConfig, tx: watch::Sender<Option<MasterInfo>>) {
-    let mut backoff = Backoff::new();
-    loop {
-        match detect_in_session(&config, &tx).await {
-            Ok(end) => {
-                tracing::warn!(?end, url = %config.url, "detector lost its ZooKeeper session");
-                backoff = Backoff::new();
-            }
-            Err(e) => tracing::warn!(error = %e, "leader detection failed; retrying"),
-        }
-        publish(&tx, None);
-        backoff.wait().await;
-    }
-}
-
-async fn detect_in_session(
-    config: &ZkConfig,
-    tx: &watch::Sender<Option<MasterInfo>>,
-) -> Result<SessionEnd, ContenderError> {
-    let client = config
-        .connect()
-        .await
-        .map_err(|source| ContenderError::Connect {
-            servers: config.url.connect_string(),
-            source,
-        })?;
-    let mut lost = watch_session(&client);
-    let path = config.url.path.as_str();
-    loop {
-        let watcher = match unless_lost(&mut lost, client.list_and_watch_children(path)).await {
-            Err(end) => return Ok(end),
-            Ok(Ok((children, watcher))) => {
-                let members = election_members(&children);
-                match members.first() {
-                    None => publish(tx, None),
-                    Some((_, name)) => {
-                        let znode = format!("{path}/{name}");
-                        match unless_lost(&mut lost, client.get_data(&znode)).await {
-                            Err(end) => return Ok(end),
-                            // Gone meanwhile: the children watch fires next.
-                            Ok(Err(zookeeper_client::Error::NoNode)) => {}
-                            Ok(Err(e)) if transient(&e) => {
-                                pause().await;
-                                continue;
-                            }
-                            Ok(Err(e)) => return Err(zk_err("read", &znode)(e)),
-                            Ok(Ok((data, _))) => match serde_json::from_slice(&data) {
-                                Ok(info) => publish(tx, Some(info)),
-                                Err(e) => {
-                                    tracing::error!(%znode, error = %e, "leading master's znode is not MasterInfo JSON");
-                                    publish(tx, None);
-                                }
-                            },
-                        }
-                    }
-                }
-                watcher
-            }
-            Ok(Err(zookeeper_client::Error::NoNode)) => {
-                // No master ever joined: wait for the path to appear.
-                publish(tx, None);
-                match unless_lost(&mut lost, client.check_and_watch_stat(path)).await {
-                    Err(end) => return Ok(end),
-                    Ok(Ok((Some(_), _))) => continue,
-                    Ok(Ok((None, watcher))) => watcher,
-                    Ok(Err(e)) if transient(&e) => {
-                        pause().await;
-                        continue;
-                    }
-                    Ok(Err(e)) => return Err(zk_err("watch", path)(e)),
-                }
-            }
-            Ok(Err(e)) if transient(&e) => {
-                pause().await;
-                continue;
-            }
-            Ok(Err(e)) => return Err(zk_err("list", path)(e)),
-        };
-        match unless_lost(&mut lost, watcher.changed()).await {
-            Err(end) => return Ok(end),
-            Ok(event)
-                if event.event_type == EventType::Session
-                    && event.session_state.is_terminated() =>
-            {
-                return Ok(SessionEnd::Terminated(event.session_state))
-            }
-            Ok(_) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn members_are_json_info_children_by_sequence() {
-        let children: Vec<String> = [
-            "json.info_0000000012",
-            "registry",
-            "log_replicas",
-            "json.info_0000000003",
-            "info_0000000001",
-            "json.info_0000000010",
-        ]
-        .map(String::from)
-        .to_vec();
-        let members = election_members(&children);
-        let names: Vec<&str> = members.iter().map(|(_, n)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "json.info_0000000003",
-                "json.info_0000000010",
-                "json.info_0000000012"
-            ]
-        );
-        assert_eq!(members[0].0, 3);
     }
 }

@@ -216,7 +216,7 @@ pub struct ZkConfig {
     /// Servers, path and credentials.
     pub url: ZkUrl,
     /// The session timeout asked of ZooKeeper (the server bounds it to 2..20 ticks by default).
-    /// A leader steps down when its session is lost; see [`super::zookeeper`].
+    /// A leader steps down when its session is lost (see the master's contender).
     pub session_timeout: Duration,
 }
 
