@@ -221,10 +221,10 @@ impl Fixture {
         );
     }
 
-    /// Checks that no mount and no cgroup is left, and removes the cgroup parent.
-    fn finish(mut self) {
+    /// Checks that no mount and no cgroup is left; dropping removes the cgroup parent.
+    fn finish(self) {
         assert_eq!(mounts_under(self.dir.path()), Vec::<PathBuf>::new());
-        assert_eq!(self.cgroups.remove(), Vec::<String>::new());
+        assert_eq!(self.cgroups.leftovers(), Vec::<PathBuf>::new());
     }
 }
 

@@ -23,6 +23,7 @@ use cairn_oci::spec::{
     build_spec, write_bundle, CapabilityChanges, CgroupResources, ContainerSettings, MountSpec,
     Namespace, Namespaces, Seccomp,
 };
+use cairn_testsupport::cgroups::CgroupParent;
 use cairn_testsupport::{require_root, wait_until, ServiceDir};
 use nix::sys::signal::Signal;
 use oci_spec::image::ImageConfiguration;
@@ -32,75 +33,6 @@ use serde_json::json;
 /// thread at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A cgroup directory below our own, in every v1 hierarchy; removed (with any ancestors it
-/// had to create) on drop.
-struct CgroupParent {
-    path: PathBuf,
-    created: Vec<PathBuf>,
-}
-
-impl CgroupParent {
-    fn new(name: &str) -> Self {
-        // On a hybrid host our cgroup differs per hierarchy (here: `/` everywhere but
-        // memory). libcontainer uses one path in all of them, so take the deepest of ours:
-        // it is below our own cgroup in each hierarchy.
-        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let own: Vec<PathBuf> = text
-            .lines()
-            .filter(|l| !l.starts_with("0::"))
-            .filter_map(|l| l.splitn(3, ':').nth(2).map(PathBuf::from))
-            .collect();
-        let deepest = own
-            .iter()
-            .max_by_key(|p| p.components().count())
-            .unwrap()
-            .clone();
-        assert!(
-            own.iter().all(|p| deepest.starts_with(p)),
-            "own cgroups diverge: {own:?}"
-        );
-        assert_eq!(
-            own_cgroup("memory").map(|m| deepest.starts_with(m)),
-            Some(true)
-        );
-        let path = deepest.join(format!("cairn-test-{}-{name}", std::process::id()));
-        // Record which directories libcontainer will have to create, deepest first.
-        let mut created = Vec::new();
-        for mount in v1_mounts() {
-            let mut dir = mount.join(path.strip_prefix("/").unwrap());
-            while !dir.exists() && dir != mount {
-                created.push(dir.clone());
-                dir = dir.parent().unwrap().to_path_buf();
-            }
-        }
-        Self { path, created }
-    }
-}
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        for dir in &self.created {
-            if dir.exists() {
-                if let Err(e) = fs::remove_dir(dir) {
-                    eprintln!("failed to remove test cgroup {}: {e}", dir.display());
-                }
-            }
-        }
-    }
-}
-
-fn v1_mounts() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let mount_point = PathBuf::from(pre.split_whitespace().nth(4)?);
-            (post.split_whitespace().next()? == "cgroup").then_some(mount_point)
-        })
-        .collect()
-}
 
 struct Fixture {
     // Field order is drop order: the cgroup parent goes before the directory.
