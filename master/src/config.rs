@@ -20,6 +20,9 @@ pub struct FileConfig {
     pub advertise_ip: Option<Ipv4Addr>,
     pub work_dir: Option<PathBuf>,
     pub agent_timeout_secs: Option<f64>,
+    /// How long a recovered master waits for admitted agents to re-register before marking
+    /// the missing ones unreachable.
+    pub agent_reregister_timeout_secs: Option<f64>,
     pub agent_heartbeat_secs: Option<f64>,
     pub framework_heartbeat_secs: Option<f64>,
     pub offer_timeout_secs: Option<f64>,
@@ -86,6 +89,9 @@ impl FileConfig {
             advertise_ip: over.advertise_ip.or(self.advertise_ip),
             work_dir: over.work_dir.or(self.work_dir),
             agent_timeout_secs: over.agent_timeout_secs.or(self.agent_timeout_secs),
+            agent_reregister_timeout_secs: over
+                .agent_reregister_timeout_secs
+                .or(self.agent_reregister_timeout_secs),
             agent_heartbeat_secs: over.agent_heartbeat_secs.or(self.agent_heartbeat_secs),
             framework_heartbeat_secs: over
                 .framework_heartbeat_secs
@@ -153,6 +159,11 @@ impl FileConfig {
             )?,
             agent_heartbeat: secs("agent_heartbeat_secs", self.agent_heartbeat_secs, 15.0)?,
             agent_timeout: secs("agent_timeout_secs", self.agent_timeout_secs, 75.0)?,
+            agent_reregister_timeout: secs(
+                "agent_reregister_timeout_secs",
+                self.agent_reregister_timeout_secs,
+                600.0,
+            )?,
             offer_timeout: self
                 .offer_timeout_secs
                 .map(|v| secs("offer_timeout_secs", Some(v), 0.0))

@@ -41,6 +41,10 @@ struct Args {
     /// Seconds without any call before an agent is marked unreachable [default: 75].
     #[arg(long, env = "CAIRN_AGENT_TIMEOUT_SECS")]
     agent_timeout_secs: Option<f64>,
+    /// Seconds a newly elected (or restarted) master waits for admitted agents to re-register
+    /// before marking the missing ones unreachable [default: 600].
+    #[arg(long, env = "CAIRN_AGENT_REREGISTER_TIMEOUT_SECS")]
+    agent_reregister_timeout_secs: Option<f64>,
     /// Seconds between the HEARTBEAT calls agents must send [default: 15].
     #[arg(long, env = "CAIRN_AGENT_HEARTBEAT_SECS")]
     agent_heartbeat_secs: Option<f64>,
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             advertise_ip: args.advertise_ip,
             work_dir: args.work_dir,
             agent_timeout_secs: args.agent_timeout_secs,
+            agent_reregister_timeout_secs: args.agent_reregister_timeout_secs,
             agent_heartbeat_secs: args.agent_heartbeat_secs,
             framework_heartbeat_secs: args.framework_heartbeat_secs,
             offer_timeout_secs: args.offer_timeout_secs,

@@ -190,19 +190,29 @@ impl Master {
         let total =
             Resources::from_wire(&reg.resources).map_err(|e| AgentError::Invalid(e.to_string()))?;
         self.counters.agent_reregistrations += 1;
+        let was_unreachable = self.registry.unreachable.contains_key(&id.value);
         self.admit(&id, &reg);
         if self.agents.contains_key(&id) {
             self.reconcile_known_agent(&id, reg, total, now);
         } else {
-            self.recover_agent(&id, reg, total, now);
+            self.recover_agent(&id, reg, total, now, was_unreachable);
         }
         Ok(self.registered(&id))
     }
 
-    /// An agent this master did not know (the master restarted): its tasks are taken as the
-    /// truth, their frameworks recovered until they re-subscribe; tasks of frameworks torn
-    /// down here are killed.
-    fn recover_agent(&mut self, id: &AgentId, reg: Register, total: Resources, now: Instant) {
+    /// An agent this master did not know (the master restarted or failed over): its tasks are
+    /// taken as the truth, their frameworks recovered until they re-subscribe; tasks of
+    /// frameworks torn down here are killed. When the registry had the agent unreachable (it
+    /// missed the re-registration window), frameworks are told its tasks' states again, so a
+    /// partition-aware one sees them RUNNING after TASK_UNREACHABLE.
+    fn recover_agent(
+        &mut self,
+        id: &AgentId,
+        reg: Register,
+        total: Resources,
+        now: Instant,
+        was_unreachable: bool,
+    ) {
         let mut used: Vec<(FrameworkId, String, Resources)> = Vec::new();
         let mut pending = Vec::new();
         for t in &reg.tasks {
@@ -228,6 +238,16 @@ impl Master {
                 res,
                 t.state,
             );
+            if was_unreachable {
+                let mut status = t.latest_status.clone().unwrap_or_else(|| {
+                    TaskStatus::new(t.task.task_id.clone(), t.state, Source::Master)
+                });
+                status.state = t.state;
+                status.agent_id = Some(id.clone());
+                status.uuid = None;
+                status.reason.get_or_insert(Reason::Reconciliation);
+                self.send_event(&t.framework_id, Event::update(status));
+            }
         }
         self.allocator.add_agent(id.clone(), total.clone(), used);
         self.allocator.deactivate_agent(id);
@@ -385,6 +405,65 @@ impl Master {
         }
     }
 
+    /// Whether `id` is admitted in the recovered registry but has not re-registered with this
+    /// master yet, while the re-registration window is open. Its tasks are unknown until it
+    /// does; reconciliation does not answer for them meanwhile (as Mesos).
+    pub(crate) fn awaiting_reregistration(&self, id: &AgentId) -> bool {
+        self.reregister_deadline.is_some()
+            && self.registry.agents.contains_key(&id.value)
+            && !self.agents.contains_key(id)
+            && !self.registry.unreachable.contains_key(&id.value)
+            && !self.registry.gone.contains_key(&id.value)
+    }
+
+    /// Closes the re-registration window once its deadline passed: admitted agents that did
+    /// not re-register are marked unreachable in the registry (one write), and every framework
+    /// gets a FAILURE event for each. Their tasks are unknown to this master (the registry
+    /// holds no tasks); reconciling one names the agent and is answered TASK_UNREACHABLE
+    /// (TASK_LOST without PARTITION_AWARE). An agent that comes back later re-registers and
+    /// its tasks are reported again.
+    pub(crate) fn close_reregistration_window(&mut self, now: Instant) {
+        match self.reregister_deadline {
+            Some(deadline) if now >= deadline => {}
+            _ => return,
+        }
+        let missing: Vec<AgentId> = self
+            .registry
+            .agents
+            .values()
+            .map(|a| a.id.clone())
+            .filter(|id| self.awaiting_reregistration(id))
+            .collect();
+        self.reregister_deadline = None;
+        if missing.is_empty() {
+            return;
+        }
+        let since = wall_seconds();
+        for id in &missing {
+            self.registry.unreachable.insert(id.value.clone(), since);
+        }
+        self.counters.agents_unreachable_marked += missing.len() as u64;
+        self.persist();
+        tracing::warn!(
+            agents = missing.len(),
+            window = ?self.cfg.agent_reregister_timeout,
+            "admitted agents did not re-register within the re-registration window: marked unreachable"
+        );
+        let fws: Vec<FrameworkId> = self.frameworks.keys().cloned().collect();
+        for id in &missing {
+            for fw in &fws {
+                self.send_event(
+                    fw,
+                    Event::failure(Failure {
+                        agent_id: Some(id.clone()),
+                        executor_id: None,
+                        status: None,
+                    }),
+                );
+            }
+        }
+    }
+
     /// Marks an agent unreachable: its offers are rescinded, its tasks reported
     /// TASK_UNREACHABLE (TASK_LOST to frameworks that are not PARTITION_AWARE, as Mesos
     /// does), and every framework gets a FAILURE event for it.
@@ -438,5 +517,78 @@ impl Master {
                 }),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod reregistration_window_tests {
+    use std::time::Duration;
+
+    use cairn_api::protocol::AgentCall;
+
+    use super::*;
+    use crate::core::CoreConfig;
+    use crate::registry::Registry;
+
+    fn admitted(ids: &[&str]) -> Registry {
+        let mut registry = Registry::default();
+        for id in ids {
+            registry.agents.insert(
+                (*id).to_string(),
+                AdmittedAgent {
+                    id: AgentId::new(*id),
+                    hostname: (*id).to_string(),
+                    address: "127.0.0.1:5051".into(),
+                },
+            );
+        }
+        registry
+    }
+
+    fn reregister(m: &mut Master, id: &str, now: Instant) {
+        let reg = Register {
+            hostname: id.into(),
+            address: "127.0.0.1:5051".into(),
+            resources: Resources::parse("cpus:1;mem:128").unwrap().to_wire(),
+            attributes: vec![],
+            boot_id: "b".into(),
+            version: "test".into(),
+            tasks: vec![],
+        };
+        m.agent_call(AgentCall::reregister(AgentId::new(id), reg), now)
+            .unwrap();
+    }
+
+    #[test]
+    fn agents_missing_when_the_window_closes_are_marked_unreachable_once() {
+        let cfg = CoreConfig {
+            agent_reregister_timeout: Duration::from_secs(30),
+            ..CoreConfig::default()
+        };
+        let start = Instant::now();
+        let mut m = Master::new(cfg, admitted(&["back", "missing", "gone"]), None);
+        m.registry.gone.insert("gone".into(), 1.0);
+        reregister(&mut m, "back", start);
+        assert!(m.awaiting_reregistration(&AgentId::new("missing")));
+        assert!(!m.awaiting_reregistration(&AgentId::new("back")));
+        assert!(!m.awaiting_reregistration(&AgentId::new("gone")));
+
+        // Still open: nothing marked.
+        m.close_reregistration_window(start + Duration::from_secs(1));
+        assert!(m.registry.unreachable.is_empty());
+
+        let closed = start + Duration::from_secs(31);
+        m.close_reregistration_window(closed);
+        let unreachable: Vec<&String> = m.registry.unreachable.keys().collect();
+        assert_eq!(unreachable, ["missing"]);
+        assert_eq!(m.counters.agents_unreachable_marked, 1);
+        assert!(!m.awaiting_reregistration(&AgentId::new("missing")));
+
+        // Closing again changes nothing; the missing agent may still come back.
+        m.close_reregistration_window(closed + Duration::from_secs(60));
+        assert_eq!(m.counters.agents_unreachable_marked, 1);
+        reregister(&mut m, "missing", closed);
+        assert!(m.registry.unreachable.is_empty());
+        assert!(m.agents.contains_key(&AgentId::new("missing")));
     }
 }

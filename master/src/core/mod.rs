@@ -42,6 +42,10 @@ pub struct CoreConfig {
     /// An agent silent this long is marked unreachable (Mesos's `agent_ping_timeout` x
     /// `max_agent_ping_timeouts`, 75 s).
     pub agent_timeout: Duration,
+    /// How long a master that recovered its registry (a restart, or a newly elected leader)
+    /// waits for admitted agents to re-register before marking the missing ones unreachable
+    /// (Mesos's `--agent_reregister_timeout`, 10 minutes).
+    pub agent_reregister_timeout: Duration,
     /// Outstanding offers are rescinded after this long (Mesos's `--offer_timeout`; none
     /// by default).
     pub offer_timeout: Option<Duration>,
@@ -62,6 +66,7 @@ impl Default for CoreConfig {
             framework_heartbeat: Duration::from_secs(15),
             agent_heartbeat: Duration::from_secs(15),
             agent_timeout: Duration::from_secs(75),
+            agent_reregister_timeout: Duration::from_secs(600),
             offer_timeout: None,
             subscriber_queue: 1000,
             max_completed_tasks: 1000,
@@ -129,6 +134,8 @@ pub struct Master {
     store: Option<Box<dyn RegistryStore>>,
     pub(crate) counters: Counters,
     last_heartbeat: Instant,
+    /// When the re-registration window of the recovered registry closes; `None` once closed.
+    pub(crate) reregister_deadline: Option<Instant>,
 }
 
 /// Seconds since the epoch, as Mesos's timestamps.
@@ -202,6 +209,7 @@ impl Master {
                 allocator.set_quota(role, g, Some(l));
             }
         }
+        let reregister_deadline = Some(Instant::now() + cfg.agent_reregister_timeout);
         Self {
             cfg,
             info,
@@ -218,6 +226,7 @@ impl Master {
             store: store.map(|s| Box::new(s) as Box<dyn RegistryStore>),
             counters: Counters::default(),
             last_heartbeat: Instant::now(),
+            reregister_deadline,
         }
     }
 
@@ -254,6 +263,7 @@ impl Master {
     /// heartbeats. Called by the runtime every allocation interval, and after changes.
     pub fn tick(&mut self, now: Instant) {
         self.check_agents(now);
+        self.close_reregistration_window(now);
         self.expire_frameworks(now);
         self.expire_offers(now);
         if now.duration_since(self.last_heartbeat) >= self.cfg.framework_heartbeat {

@@ -265,7 +265,25 @@ impl Master {
                 }
                 // Unknown task: Mesos's answers by what is known of the agent.
                 let agent = rt.agent_id.as_ref().and_then(|a| self.agents.get(a));
+                let in_registry = |map: &std::collections::BTreeMap<String, f64>| {
+                    rt.agent_id
+                        .as_ref()
+                        .is_some_and(|a| map.contains_key(&a.value))
+                };
                 let (state, message) = match agent {
+                    // Not re-registered since the master recovered: no answer until it does
+                    // or the re-registration window closes.
+                    None if rt
+                        .agent_id
+                        .as_ref()
+                        .is_some_and(|a| self.awaiting_reregistration(a)) =>
+                    {
+                        continue
+                    }
+                    None if in_registry(&self.registry.unreachable) => (
+                        TaskState::Unreachable,
+                        "Reconciliation: Task is unreachable",
+                    ),
                     Some(a) if a.health == AgentHealth::Active => (
                         TaskState::Gone,
                         "Reconciliation: Task is unknown to the agent",
