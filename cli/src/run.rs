@@ -434,7 +434,9 @@ pub fn run(
                     }
                     let call = sched.call(CallType::Teardown);
                     let _ = sched.send(&call);
-                    return Ok(code);
+                    // Killed because of our Ctrl-C: the interruption is the outcome (as a
+                    // shell reports it), not the KILLED task's 137.
+                    return Ok(if kill_sent { 130 } else { code });
                 }
             }
             EventType::Error => {
