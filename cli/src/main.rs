@@ -6,6 +6,7 @@ mod cluster;
 mod dev;
 mod http;
 mod inspect;
+mod leader;
 mod run;
 mod scheduler;
 mod size;
@@ -22,7 +23,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about)]
 struct Cli {
-    /// The master: a URL or host:port (307 redirects to the leader are followed).
+    /// The master: a URL or host:port (307 redirects to the leader are followed), or
+    /// zk://host:port[,host:port...]/path to ask ZooKeeper which master leads.
     #[arg(
         long,
         global = true,
@@ -190,7 +192,17 @@ fn main() {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let mut master = http::Endpoint::new(&cli.master, "master");
+    // Commands that never talk to the master must not wait for a ZooKeeper lookup.
+    let talks_to_master = !matches!(
+        cli.command,
+        Command::Dev { .. } | Command::Completions { .. } | Command::Resources { .. }
+    );
+    let base = if talks_to_master {
+        leader::resolve(&cli.master)?
+    } else {
+        cli.master.clone()
+    };
+    let mut master = http::Endpoint::new(&base, "master");
     match cli.command {
         Command::Run {
             image,
