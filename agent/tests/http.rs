@@ -183,6 +183,21 @@ fn check(
 ) {
     assert_eq!(client.get("/health", &[]).0, 200);
 
+    // /images: the imported busybox image, as the store has it.
+    let stored = &c.store().images().unwrap()[0];
+    let images = client.json("/images", &[]);
+    assert_eq!(
+        images["images"],
+        serde_json::json!([{
+            "reference": stored.reference.to_string(),
+            "digest": stored.manifest_digest.to_string(),
+            "layers": stored.layers.len(),
+            "size": stored.layers.iter().map(|l| l.size).sum::<u64>(),
+        }]),
+        "{images}"
+    );
+    assert!(stored.layers.iter().map(|l| l.size).sum::<u64>() > 0);
+
     // /state and its Mesos alias: the sleeper running under fw-1, the echo finished.
     for path in ["/state", "/slave(1)/state"] {
         let state = client.json(path, &[]);

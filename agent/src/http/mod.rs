@@ -6,6 +6,8 @@
 //! - `/monitor/statistics`, `/slave(1)/monitor/statistics`: usage per container;
 //! - `/metrics/snapshot`: Mesos metric names; `/metrics`: Prometheus text ([`metrics`]);
 //! - `/files/read`, `/files/browse`: sandbox files, confined to the sandboxes ([`files`]);
+//! - `/images`: the images in the agent's store, `{"images": [{reference, digest, layers,
+//!   size}]}` (`cairn images`);
 //! - `/health`: 200 while the agent serves.
 
 pub mod files;
@@ -27,7 +29,9 @@ use serde::Deserialize;
 
 pub use files::{FilesError, ReadFile};
 pub use metrics::AgentMetrics;
-pub use view::{AgentInfo, AgentView, ContainerView, ContainerizerView, RecoveryStats, TaskMeta};
+pub use view::{
+    AgentInfo, AgentView, ContainerView, ContainerizerView, ImageView, RecoveryStats, TaskMeta,
+};
 
 /// What the routes read: the agent's containers, its identity, its metrics.
 #[derive(Clone)]
@@ -111,6 +115,7 @@ pub fn router(state: AgentHttpState) -> Router {
         .route("/metrics", get(get_metrics))
         .route("/files/read", get(get_read))
         .route("/files/browse", get(get_browse))
+        .route("/images", get(get_images))
         .with_state(state)
 }
 
@@ -130,6 +135,18 @@ async fn blocking<T: Send + 'static>(
 async fn get_state(State(s): State<AgentHttpState>) -> Response {
     match blocking(move || state::state(&s.info(), &s.view.containers())).await {
         Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn get_images(State(s): State<AgentHttpState>) -> Response {
+    match blocking(move || s.view.images()).await {
+        Ok(Ok(images)) => Json(serde_json::json!({ "images": images })).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the image store: {e}"),
+        )
+            .into_response(),
         Err(r) => r,
     }
 }

@@ -51,6 +51,26 @@ pub trait AgentView: Send + Sync + 'static {
     fn sandboxes(&self) -> PathBuf;
     /// Container events from now on (for the launch latency histogram and task counters).
     fn subscribe(&self) -> mpsc::Receiver<Event>;
+    /// The images in the agent's store (`/images`); a view without a store has none.
+    ///
+    /// # Errors
+    /// The store cannot be read (the message says why).
+    fn images(&self) -> Result<Vec<ImageView>, String> {
+        Ok(Vec::new())
+    }
+}
+
+/// An image in the agent's store, as `/images` lists it (`cairn images`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageView {
+    /// The reference it is stored under (`docker.io/library/busybox:latest`).
+    pub reference: String,
+    /// Its manifest's digest.
+    pub digest: String,
+    /// Number of layers.
+    pub layers: usize,
+    /// Bytes of its layer blobs as stored (compressed).
+    pub size: u64,
 }
 
 /// Who launched a task, as the daemon knows from the master's `RunTask`.
@@ -147,6 +167,25 @@ impl AgentView for ContainerizerView {
 
     fn subscribe(&self) -> mpsc::Receiver<Event> {
         self.containerizer.subscribe()
+    }
+
+    fn images(&self) -> Result<Vec<ImageView>, String> {
+        let images = self
+            .containerizer
+            .store()
+            .images()
+            .map_err(|e| e.to_string())?;
+        let mut out: Vec<ImageView> = images
+            .into_iter()
+            .map(|i| ImageView {
+                reference: i.reference.to_string(),
+                digest: i.manifest_digest.to_string(),
+                layers: i.layers.len(),
+                size: i.layers.iter().map(|l| l.size).sum(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
     }
 }
 
