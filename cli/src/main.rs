@@ -5,6 +5,7 @@
 mod cluster;
 mod dev;
 mod http;
+mod images;
 mod inspect;
 mod leader;
 mod run;
@@ -84,6 +85,12 @@ enum Command {
     },
     /// List frameworks.
     Frameworks,
+    /// List the images in the agents' stores.
+    Images {
+        /// Only this agent: its id, hostname or host:port.
+        #[arg(long)]
+        agent: Option<String>,
+    },
     /// Kill a task.
     Kill {
         /// Task id.
@@ -253,6 +260,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Agents => inspect::agents(&mut master, cli.json)?,
         Command::Ps { all } => inspect::ps(&mut master, all, cli.json)?,
         Command::Frameworks => inspect::frameworks(&mut master, cli.json)?,
+        Command::Images { agent } => images::images(&mut master, agent.as_deref(), cli.json)?,
         Command::Kill { task, wait } => inspect::kill(&mut master, &task, wait)?,
         Command::Logs {
             task,

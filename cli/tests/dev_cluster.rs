@@ -1,7 +1,8 @@
 //! `cairn dev` (a real master and a real agent in one process, real containers from the
 //! busybox test image) driven by the `cairn` binary: `cairn logs -f` follows a running task's
-//! output and ends when the task does; Ctrl-C during `cairn run` kills the task; SIGTERM
-//! stops the cluster, killing what still runs and removing its cgroups and state directory.
+//! output and ends when the task does; Ctrl-C during `cairn run` kills the task; `cairn
+//! images` lists the agent's store; SIGTERM stops the cluster, killing what still runs and
+//! removing its cgroups and state directory.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::io::{BufRead, BufReader};
@@ -264,6 +265,37 @@ fn ctrl_c_during_run_kills_the_task(dev: &Dev) {
     );
 }
 
+/// `cairn images` lists the image `cairn dev --import` put in the agent's store, as a table
+/// and as JSON; an unknown `--agent` is an error.
+fn images_lists_the_agents_store(dev: &Dev) {
+    let out = dev.cli().args(["images"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("AGENT"), "{table}");
+    assert!(table.contains(IMAGE), "{table}");
+
+    let out = dev.cli().args(["images", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let images: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let busybox = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["reference"] == IMAGE)
+        .unwrap_or_else(|| panic!("{images}"));
+    assert!(busybox["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(busybox["layers"], 1);
+    assert!(busybox["size"].as_u64().unwrap() > 0);
+
+    let out = dev
+        .cli()
+        .args(["images", "--agent", "no-such-agent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent \"no-such-agent\""));
+}
+
 /// SIGTERM stops `cairn dev`: the still running detached task is killed (its cgroup, and so
 /// its processes, gone), the cgroup parent and the temporary state directory are removed.
 fn sigterm_stops_the_cluster_and_cleans_up(mut dev: Dev) {
@@ -295,11 +327,14 @@ fn sigterm_stops_the_cluster_and_cleans_up(mut dev: Dev) {
 }
 
 #[test]
-fn dev_cluster_follows_logs_kills_on_ctrl_c_and_cleans_up_on_sigterm() {
-    if !require_root("dev_cluster_follows_logs_kills_on_ctrl_c_and_cleans_up_on_sigterm") {
+fn dev_cluster_lists_images_follows_logs_kills_on_ctrl_c_and_cleans_up_on_sigterm() {
+    if !require_root(
+        "dev_cluster_lists_images_follows_logs_kills_on_ctrl_c_and_cleans_up_on_sigterm",
+    ) {
         return;
     }
     let dev = Dev::start();
+    images_lists_the_agents_store(&dev);
     logs_follow_prints_output_as_it_comes_and_ends_with_the_task(&dev);
     ctrl_c_during_run_kills_the_task(&dev);
     sigterm_stops_the_cluster_and_cleans_up(dev);
