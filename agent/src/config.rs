@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_api::Resources;
+use cairn_isolators::disk::DiskConfig;
 use serde::Deserialize;
 
 /// Default config file.
@@ -91,6 +92,22 @@ pub struct AgentArgs {
     /// to 10 minutes [default: 10].
     #[arg(long, env = "CAIRN_STATUS_UPDATE_RETRY")]
     pub status_update_retry: Option<f64>,
+    /// `disk/du` and `disk/quota`: seconds between disk checks (`du` walks; quota reads when
+    /// killing on exceed); file key `isolators.disk.watch_interval_secs` [default: 15].
+    #[arg(long, env = "CAIRN_DISK_WATCH_INTERVAL")]
+    pub disk_watch_interval: Option<u64>,
+    /// `disk/du`: at most this many sandbox walks at once; file key
+    /// `isolators.disk.du_max_concurrent_walks` [default: 2].
+    #[arg(long, env = "CAIRN_DISK_DU_MAX_CONCURRENT_WALKS")]
+    pub disk_du_max_concurrent_walks: Option<usize>,
+    /// `disk/quota`: project ids Cairn may assign, `MIN-MAX`; file keys
+    /// `isolators.disk.project_id_min` and `project_id_max` [default: 5000-10000].
+    #[arg(long, env = "CAIRN_DISK_PROJECT_IDS")]
+    pub disk_project_ids: Option<String>,
+    /// `disk/quota`: also kill a container whose usage reaches its limit (writes beyond it
+    /// fail either way); file key `isolators.disk.quota_kill_on_exceed` [default: false].
+    #[arg(long, env = "CAIRN_DISK_QUOTA_KILL_ON_EXCEED", num_args = 0..=1, default_missing_value = "true")]
+    pub disk_quota_kill_on_exceed: Option<bool>,
 }
 
 /// The config file: the same names as the flags, in snake case. Unknown keys are errors.
@@ -116,6 +133,25 @@ struct FileConfig {
     resource_interval: Option<f64>,
     kill_grace: Option<f64>,
     status_update_retry: Option<f64>,
+    isolators: Option<IsolatorsFile>,
+}
+
+/// `[isolators]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IsolatorsFile {
+    disk: Option<DiskFile>,
+}
+
+/// `[isolators.disk]` in the config file: [`DiskConfig`]'s fields, each optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiskFile {
+    watch_interval_secs: Option<u64>,
+    du_max_concurrent_walks: Option<usize>,
+    project_id_min: Option<u32>,
+    project_id_max: Option<u32>,
+    quota_kill_on_exceed: Option<bool>,
 }
 
 /// Where the master is.
@@ -148,6 +184,8 @@ pub struct AgentConfig {
     pub resource_interval: Duration,
     pub kill_grace: Duration,
     pub status_update_retry: Duration,
+    /// The `disk/du` and `disk/quota` knobs, handed to the containerizer.
+    pub disk: DiskConfig,
 }
 
 /// A bad setting, named.
@@ -218,6 +256,75 @@ fn parse_master(text: &str) -> Result<MasterAddress, ConfigError> {
     Ok(MasterAddress::Static(out))
 }
 
+/// `MIN-MAX` project ids.
+fn parse_project_ids(text: &str) -> Result<(u32, u32), ConfigError> {
+    let key = "disk_project_ids";
+    let (min, max) = text
+        .split_once('-')
+        .ok_or_else(|| invalid(key, format!("{text:?} is not MIN-MAX")))?;
+    let id = |t: &str| {
+        t.trim()
+            .parse::<u32>()
+            .map_err(|e| invalid(key, format!("{t:?}: {e}")))
+    };
+    Ok((id(min)?, id(max)?))
+}
+
+/// The disk isolators' settings: flags over `[isolators.disk]` over [`DiskConfig::default`].
+fn disk_config(a: &AgentArgs, f: Option<DiskFile>) -> Result<DiskConfig, ConfigError> {
+    let f = f.unwrap_or_default();
+    let default = DiskConfig::default();
+    let (flag_min, flag_max) = match &a.disk_project_ids {
+        Some(text) => {
+            let (min, max) = parse_project_ids(text)?;
+            (Some(min), Some(max))
+        }
+        None => (None, None),
+    };
+    let disk = DiskConfig {
+        watch_interval_secs: a
+            .disk_watch_interval
+            .or(f.watch_interval_secs)
+            .unwrap_or(default.watch_interval_secs),
+        du_max_concurrent_walks: a
+            .disk_du_max_concurrent_walks
+            .or(f.du_max_concurrent_walks)
+            .unwrap_or(default.du_max_concurrent_walks),
+        project_id_min: flag_min
+            .or(f.project_id_min)
+            .unwrap_or(default.project_id_min),
+        project_id_max: flag_max
+            .or(f.project_id_max)
+            .unwrap_or(default.project_id_max),
+        quota_kill_on_exceed: a
+            .disk_quota_kill_on_exceed
+            .or(f.quota_kill_on_exceed)
+            .unwrap_or(default.quota_kill_on_exceed),
+    };
+    if disk.watch_interval_secs == 0 {
+        return Err(invalid(
+            "isolators.disk.watch_interval_secs",
+            "must be at least 1",
+        ));
+    }
+    if disk.du_max_concurrent_walks == 0 {
+        return Err(invalid(
+            "isolators.disk.du_max_concurrent_walks",
+            "must be at least 1",
+        ));
+    }
+    if disk.project_id_min == 0 || disk.project_id_min > disk.project_id_max {
+        return Err(invalid(
+            "isolators.disk.project_id_min",
+            format!(
+                "project ids {}-{} must be a non-empty range above 0",
+                disk.project_id_min, disk.project_id_max
+            ),
+        ));
+    }
+    Ok(disk)
+}
+
 fn parse_attributes(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
     text.split(';')
         .map(str::trim)
@@ -277,6 +384,7 @@ impl AgentArgs {
 
     fn merge(&self, f: FileConfig) -> Result<AgentConfig, ConfigError> {
         let a = self.clone();
+        let disk = disk_config(&a, f.isolators.and_then(|i| i.disk))?;
         let work_dir = a
             .work_dir
             .or(f.work_dir)
@@ -383,6 +491,7 @@ impl AgentArgs {
                     .or(f.status_update_retry)
                     .unwrap_or(10.0),
             )?,
+            disk,
         })
     }
 }
@@ -425,6 +534,60 @@ mod tests {
             zk.master,
             MasterAddress::ZooKeeper("zk://z1:2181/cairn".into())
         );
+    }
+
+    #[test]
+    fn disk_settings_from_the_file_and_flags() {
+        let c = load("", AgentArgs::default()).unwrap();
+        assert_eq!(c.disk, DiskConfig::default());
+        let c = load(
+            "[isolators.disk]\nwatch_interval_secs = 2\nproject_id_min = 100\n\
+             project_id_max = 200\nquota_kill_on_exceed = true\n",
+            AgentArgs {
+                disk_du_max_concurrent_walks: Some(4),
+                disk_project_ids: Some("300-400".into()),
+                ..AgentArgs::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.disk,
+            DiskConfig {
+                watch_interval_secs: 2,
+                du_max_concurrent_walks: 4,
+                project_id_min: 300,
+                project_id_max: 400,
+                quota_kill_on_exceed: true,
+            }
+        );
+        for (text, key) in [
+            (
+                "[isolators.disk]\nwatch_interval_secs = 0",
+                "watch_interval_secs",
+            ),
+            ("[isolators.disk]\nwatch_interval = 3", "watch_interval"),
+            (
+                "[isolators.disk]\nproject_id_min = 9\nproject_id_max = 8",
+                "project_id_min",
+            ),
+            (
+                "[isolators.disk]\ndu_max_concurrent_walks = 0",
+                "du_max_concurrent_walks",
+            ),
+            ("[isolators.net]\n", "net"),
+        ] {
+            let e = load(text, AgentArgs::default()).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+        let e = load(
+            "",
+            AgentArgs {
+                disk_project_ids: Some("5000".into()),
+                ..AgentArgs::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("disk_project_ids"), "{e}");
     }
 
     #[test]

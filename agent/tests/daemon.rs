@@ -374,6 +374,8 @@ struct Setup {
     work: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    /// The agent's HTTP API port.
+    port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -396,15 +398,16 @@ impl Setup {
         drop(store);
         let driver = Driver::start();
         let config = dir.path().join("agent.toml");
+        let port = free_port();
         fs::write(
             &config,
             format!(
                 "work_dir = {work:?}\nmaster = \"127.0.0.1:{}\"\ncgroup_parent = {:?}\n\
-                 listen_ip = \"127.0.0.1\"\nport = {}\nheartbeat_interval = 1.0\n\
-                 registration_backoff = 0.2\nresources = \"cpus:8;mem:4096\"\n{extra_config}",
+                 listen_ip = \"127.0.0.1\"\nport = {port}\nheartbeat_interval = 1.0\n\
+                 registration_backoff = 0.2\nresources = \"cpus:8;mem:4096;disk:4096\"\n\
+                 {extra_config}",
                 driver.port,
                 cgroups.path.to_string_lossy(),
-                free_port(),
             ),
         )
         .unwrap();
@@ -418,7 +421,25 @@ impl Setup {
             work,
             config,
             log,
+            port,
             _dir: dir,
+        }
+    }
+
+    /// The agent's `/state`.
+    fn state(&self) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/state", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match ureq::get(&url).call() {
+                Ok(mut r) => {
+                    return serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "GET {url}: {e}: {}", self.log());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
         }
     }
 
@@ -735,6 +756,170 @@ fn an_unacknowledged_update_is_resent_and_the_next_waits_for_its_ack() {
     }
 }
 
+/// `(framework id, task id)` of every task `/state` lists as running.
+fn running_tasks(state: &serde_json::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for fw in state["frameworks"].as_array().unwrap() {
+        for ex in fw["executors"].as_array().unwrap() {
+            for t in ex["tasks"].as_array().unwrap() {
+                assert_eq!(t["framework_id"], fw["id"], "{t}");
+                out.push((
+                    fw["id"].as_str().unwrap().to_string(),
+                    t["id"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_disk_settings_reach_the_disk_isolator() {
+    if !require_root("daemon_disk") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // disk/du with a 1 s watch interval instead of the default 15 s.
+    let setup = Setup::new(
+        "disk",
+        "isolation = [\"cgroups/cpu\", \"cgroups/mem\", \"cgroups/pids\", \"disk/du\"]\n\
+         [isolators.disk]\nwatch_interval_secs = 1\n",
+    );
+    let (driver, image) = (setup.driver.clone(), setup.image.clone());
+    let mut filler = task(
+        "filler",
+        &image,
+        "dd if=/dev/zero of=\"$MESOS_SANDBOX/fill\" bs=1048576 count=30; sleep 3600",
+        16.0,
+    );
+    filler.resources = Resources::from_wire(&filler.resources)
+        .unwrap()
+        .with_scalar("disk", 10.0)
+        .unwrap()
+        .to_wire();
+    let launched = Instant::now();
+    launch(&driver, vec![filler]);
+    driver.wait_for("the filler FAILED", Duration::from_secs(60), |d| {
+        d.latest("filler").is_some_and(TaskState::is_terminal)
+    });
+    let took = launched.elapsed();
+    let failed = driver.distinct()["filler"].last().unwrap().clone();
+    assert_eq!(failed.state, TaskState::Failed, "{failed:?}");
+    assert_eq!(
+        failed.reason,
+        Some(cairn_api::Reason::ContainerLimitationDisk),
+        "{failed:?}"
+    );
+    // The first check of a container comes one watch interval after its launch: with the
+    // default (15 s) it could not have ended this soon. Not a speed assertion: the margin to
+    // the 1 s interval is the whole of 11 s.
+    assert!(
+        took < Duration::from_secs(12),
+        "killed after {took:?}: the configured 1 s watch interval was not used\n{}",
+        setup.log()
+    );
+    setup.wait_streams_done();
+}
+
+/// Launches `sleep 3600` in a container of `setup`'s work directory behind the (stopped)
+/// agent's back, as if it had died after launching a task but before checkpointing it;
+/// returns the container id and its init pid.
+fn launch_behind_the_agents_back(setup: &Setup) -> (String, u32) {
+    let mut config = cairn_agent::containerizer::ContainerizerConfig::new(&setup.work);
+    config.supervisor = PathBuf::from(env!("CARGO_BIN_EXE_cairn-supervisor"));
+    config.cgroups.parent = setup._cgroups.path.to_string_lossy().into_owned();
+    let (containerizer, _) = cairn_agent::containerizer::Containerizer::start(config).unwrap();
+    let resources = Resources::new()
+        .with_scalar("cpus", 0.05)
+        .unwrap()
+        .with_scalar("mem", 16.0)
+        .unwrap();
+    let mut request = cairn_agent::containerizer::LaunchRequest::new("orphan", resources);
+    request.image = Some(setup.image.clone());
+    request.command = Some(cairn_agent::containerizer::TaskCommand::Shell(
+        "sleep 3600".into(),
+    ));
+    let id = containerizer.launch(&request);
+    assert!(
+        containerizer.termination(&id).is_none(),
+        "{:?}",
+        containerizer.termination(&id)
+    );
+    // Dropping the containerizer leaves the container running under its supervisor.
+    drop(containerizer);
+    let id = id.as_str().to_string();
+    let pid = init_pid(&setup.work, &id);
+    (id, pid)
+}
+
+#[test]
+fn recovery_destroys_containers_no_task_knows_and_state_keeps_frameworks() {
+    if !require_root("daemon_orphans") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut setup = Setup::new("orphans", "");
+    let (driver, image, work) = (
+        setup.driver.clone(),
+        setup.image.clone(),
+        setup.work.clone(),
+    );
+    launch(&driver, vec![task("kept", &image, "sleep 3600", 16.0)]);
+    driver.wait_for("kept RUNNING", Duration::from_secs(60), |d| {
+        d.latest("kept") == Some(TaskState::Running)
+    });
+    let kept = container_of(&driver, "kept");
+    let kept_pid = init_pid(&work, &kept);
+    // `/state` files the task under the framework that launched it.
+    let expected = vec![("fw".to_string(), "kept".to_string())];
+    assert_eq!(running_tasks(&setup.state()), expected);
+
+    setup.agent.kill9();
+    driver.forget_stream();
+    let (orphan, orphan_pid) = launch_behind_the_agents_back(&setup);
+    assert!(Path::new(&format!("/proc/{orphan_pid}")).exists());
+
+    setup.restart();
+    driver.wait_for("the agent back", Duration::from_secs(30), |d| {
+        d.state.lock().unwrap().stream.is_some()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let orphan_meta = work.join(format!("meta/containers/{orphan}"));
+    while Path::new(&format!("/proc/{orphan_pid}")).exists() || orphan_meta.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the orphan {orphan} (pid {orphan_pid}) was left: {}",
+            setup.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(setup.log().contains("destroying an orphan container"));
+    // The known task is untouched, still under its framework after the restart; the orphan
+    // was never reported to the master.
+    assert!(
+        Path::new(&format!("/proc/{kept_pid}")).exists(),
+        "kept died"
+    );
+    assert_eq!(init_pid(&work, &kept), kept_pid);
+    assert_eq!(running_tasks(&setup.state()), expected);
+    assert!(!driver.distinct().contains_key("orphan"));
+
+    driver.send(AgentEvent::kill(
+        FrameworkId::new("fw"),
+        TaskId::new("kept"),
+    ));
+    driver.wait_for("kept KILLED", Duration::from_secs(60), |d| {
+        d.latest("kept") == Some(TaskState::Killed)
+    });
+    setup.wait_streams_done();
+    assert!(setup.agent.terminate().success(), "{}", setup.log());
+}
+
 #[test]
 fn a_bad_config_key_fails_the_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -771,6 +956,7 @@ fn a_bad_config_key_fails_the_start_naming_it() {
         "[default: 5051]",
         "CAIRN_MASTER",
         "--drain-on-sigterm",
+        "--disk-watch-interval",
         "TLS",
     ] {
         assert!(help.contains(s), "{s} missing from --help:\n{help}");

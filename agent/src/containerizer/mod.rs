@@ -103,7 +103,9 @@ struct Entry {
     record: ContainerCheckpoint,
     /// The first limitation reported (by an event or `watch`), which decides the task's end.
     limitation: Option<Limitation>,
-    last_watch: Instant,
+    /// When each isolator (by index) last watched it: each is polled at its own interval
+    /// (`disk/du` walks every `watch_interval_secs`, not at `cgroups/mem`'s second).
+    last_watch: Vec<Instant>,
     /// The monitor or a destroy owns it now.
     destroying: bool,
 }
@@ -464,7 +466,7 @@ impl Inner {
             Entry {
                 record: record.clone(),
                 limitation: None,
-                last_watch: Instant::now(),
+                last_watch: vec![Instant::now(); self.isolators.len()],
                 destroying: false,
             },
         );
@@ -787,17 +789,23 @@ impl Inner {
                 {
                     continue;
                 }
-                let watch = self
-                    .isolators
-                    .iter()
-                    .filter_map(|i| i.watch_interval())
-                    .min()
-                    .is_some_and(|every| now.duration_since(e.last_watch) >= every);
-                if watch {
-                    e.last_watch = now;
-                }
                 // Already limited: killed, waiting for the exit; nothing more to find.
-                let watch = watch && e.limitation.is_none();
+                let mut watch = Vec::new();
+                if e.limitation.is_none() {
+                    for (i, iso) in self.isolators.iter().enumerate() {
+                        let due = iso.watch_interval().is_some_and(|every| {
+                            e.last_watch
+                                .get(i)
+                                .is_none_or(|last| now.duration_since(*last) >= every)
+                        });
+                        if due {
+                            if let Some(last) = e.last_watch.get_mut(i) {
+                                *last = now;
+                            }
+                            watch.push(i);
+                        }
+                    }
+                }
                 due.push((id.clone(), e.record.supervisor, watch));
             }
         }
@@ -808,16 +816,10 @@ impl Inner {
                 self.finish(&id);
                 continue;
             }
-            if watch {
-                for iso in self
-                    .isolators
-                    .iter()
-                    .filter(|i| i.watch_interval().is_some())
-                {
-                    if let Ok(Some(l)) = iso.watch(&id) {
-                        self.limited(&id, l);
-                        break;
-                    }
+            for i in watch {
+                if let Ok(Some(l)) = self.isolators[i].watch(&id) {
+                    self.limited(&id, l);
+                    break;
                 }
             }
         }

@@ -36,7 +36,7 @@ fn insert(inner: &Inner, record: ContainerCheckpoint) {
         Entry {
             record,
             limitation: None,
-            last_watch: Instant::now(),
+            last_watch: vec![Instant::now(); inner.isolators.len()],
             destroying: false,
         },
     );

@@ -106,8 +106,9 @@ impl Agent {
     /// After a restart: brings every status stream in line with what the containerizer
     /// recovered. Tasks that ended while the agent was down get their terminal update (with
     /// the real exit status); running ones get RUNNING if it was never recorded; tasks whose
-    /// container never came to be end TASK_FAILED.
-    pub(super) fn reconcile(&self) {
+    /// container never came to be end TASK_FAILED; running containers no stream knows
+    /// (orphans) are destroyed. Returns how many orphans it destroyed.
+    pub(super) fn reconcile(&self) -> usize {
         let mut by_task: HashMap<TaskId, ContainerId> = HashMap::new();
         for id in self.containerizer.containers() {
             if let Some(r) = self.containerizer.record(&id) {
@@ -154,11 +155,51 @@ impl Agent {
                 tracing::error!(task = %task.as_str(), "cannot checkpoint a status update: {e}");
             }
         }
-        // Ended containers nobody will acknowledge any more.
+        let mut orphans = 0;
         for id in self.containerizer.containers() {
-            if !known.contains(&id) && self.containerizer.termination(&id).is_some() {
-                let _ = self.containerizer.forget(&id);
+            if known.contains(&id) {
+                continue;
             }
+            if self.containerizer.termination(&id).is_some() {
+                // Ended, and nobody will acknowledge it any more.
+                let _ = self.containerizer.forget(&id);
+            } else {
+                self.destroy_orphan(&id);
+                orphans += 1;
+            }
+        }
+        orphans
+    }
+
+    /// Destroys a running container that no task stream knows (the agent died between
+    /// launching it and checkpointing its task, or the stream was lost): nothing would ever
+    /// report or kill it, and it holds resources the master does not count. Mesos's agent
+    /// destroys such orphans on recovery too. Killed at once (no task asked for a grace
+    /// period), then forgotten once it ended.
+    fn destroy_orphan(&self, id: &ContainerId) {
+        let task = self
+            .containerizer
+            .record(id)
+            .map(|r| r.task_id.as_str().to_string())
+            .unwrap_or_default();
+        tracing::warn!(container = %id.as_str(), %task, "destroying an orphan container: no task stream knows it");
+        if let Err(e) = self.containerizer.kill(id, Duration::ZERO) {
+            tracing::warn!(container = %id.as_str(), "destroying an orphan: {e}");
+            return;
+        }
+        let containerizer = Arc::clone(&self.containerizer);
+        let id = id.clone();
+        let spawned = std::thread::Builder::new()
+            .name("orphan-destroy".into())
+            .spawn(move || {
+                if containerizer.wait(&id).is_ok() {
+                    if let Err(e) = containerizer.forget(&id) {
+                        tracing::warn!(container = %id.as_str(), "forgetting an orphan: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot wait for an orphan's end: {e}");
         }
     }
 
@@ -283,10 +324,13 @@ impl Agent {
 
     fn acknowledge(&self, task: &TaskId, uuid: &str) {
         match self.status.acknowledge(task, uuid) {
-            Ok(Acked::Done(Some(c))) => {
-                if let Err(e) = self.containerizer.forget(&c) {
-                    tracing::warn!(task = %task.as_str(), "forget: {e}");
+            Ok(Acked::Done(container)) => {
+                if let Some(c) = container {
+                    if let Err(e) = self.containerizer.forget(&c) {
+                        tracing::warn!(task = %task.as_str(), "forget: {e}");
+                    }
                 }
+                self.view.forget_task(task);
             }
             Ok(_) => {}
             Err(e) => tracing::error!(task = %task.as_str(), "cannot checkpoint an ack: {e}"),

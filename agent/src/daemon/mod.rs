@@ -72,6 +72,16 @@ pub fn offer(config: &AgentConfig) -> anyhow::Result<(NodeCapacity, Resources)> 
     Ok((cap, out))
 }
 
+/// The containerizer's settings from the agent's: work directory, isolators, cgroup parent
+/// and the disk isolators' knobs.
+pub fn containerizer_config(config: &AgentConfig) -> ContainerizerConfig {
+    let mut cz = ContainerizerConfig::new(&config.work_dir);
+    cz.isolation.clone_from(&config.isolation);
+    cz.cgroups.parent.clone_from(&config.cgroup_parent);
+    cz.disk = config.disk.clone();
+    cz
+}
+
 /// The built daemon, ready to run.
 #[derive(Debug)]
 pub struct Daemon {
@@ -90,11 +100,8 @@ impl Daemon {
     /// The work directory, the containerizer, a checkpoint, or measuring failed.
     pub fn build(config: AgentConfig) -> anyhow::Result<Self> {
         let layout = Layout::new(&config.work_dir);
-        let mut cz = ContainerizerConfig::new(&config.work_dir);
-        cz.isolation.clone_from(&config.isolation);
-        cz.cgroups.parent.clone_from(&config.cgroup_parent);
-        let (containerizer, recovery) =
-            Containerizer::start(cz).context("starting the containerizer")?;
+        let (containerizer, recovery) = Containerizer::start(containerizer_config(&config))
+            .context("starting the containerizer")?;
         for (id, err) in &recovery.quarantined {
             tracing::warn!(container = %id.as_str(), "quarantined: {err}");
         }
@@ -177,7 +184,13 @@ impl Daemon {
                     pump.on_event(&event);
                 }
             })?;
-        agent.reconcile();
+        let orphans = agent.reconcile();
+        if orphans > 0 {
+            agent.http.update_info(|i| {
+                i.recovery.adopted = i.recovery.adopted.saturating_sub(orphans);
+                i.recovery.orphans += orphans;
+            });
+        }
         Ok(Self {
             config,
             agent,

@@ -102,6 +102,14 @@ impl ContainerizerView {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(task, meta);
     }
+
+    /// Drops what [`Self::register_task`] recorded (the task's container is forgotten).
+    pub fn forget_task(&self, task: &TaskId) {
+        self.tasks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(task);
+    }
 }
 
 /// The task state Mesos would report for a container in `state`.
