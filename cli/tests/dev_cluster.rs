@@ -1,8 +1,8 @@
 //! `cairn dev` (a real master and a real agent in one process, real containers from the
 //! busybox test image) driven by the `cairn` binary: `cairn logs -f` follows a running task's
 //! output and ends when the task does; Ctrl-C during `cairn run` kills the task; `cairn
-//! images` lists the agent's store; SIGTERM stops the cluster, killing what still runs and
-//! removing its cgroups and state directory.
+//! images` lists the agent's store; `cairn top` shows a running task's limits; SIGTERM stops
+//! the cluster, killing what still runs and removing its cgroups and state directory.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::io::{BufRead, BufReader};
@@ -296,16 +296,47 @@ fn images_lists_the_agents_store(dev: &Dev) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no agent \"no-such-agent\""));
 }
 
+/// `cairn top` reads the agent's `/monitor/statistics`: the running task with its limits
+/// (`cairn run`'s defaults: 0.1 CPU, 128 MiB).
+fn top_shows_the_running_task_with_its_limits(dev: &Dev, id: &str) {
+    let out = dev.cli().args(["top", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let entries: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["executor_id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in cairn top: {entries}"));
+    let stats = &entry["statistics"];
+    assert_eq!(stats["mem_limit_bytes"], 128 * 1024 * 1024, "{entry}");
+    assert_eq!(stats["cpus_limit"], 0.1, "{entry}");
+
+    let out = dev.cli().args(["top"]).output().unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success() && table.starts_with("TASK"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("128 MiB")),
+        "{table}"
+    );
+}
+
 /// SIGTERM stops `cairn dev`: the still running detached task is killed (its cgroup, and so
 /// its processes, gone), the cgroup parent and the temporary state directory are removed.
 fn sigterm_stops_the_cluster_and_cleans_up(mut dev: Dev) {
     let out = dev
         .cli()
-        .args(["run", "-d", "--image", IMAGE, "--", "sleep", "300"])
+        .args([
+            "run", "-d", "--name", "idle", "--image", IMAGE, "--", "sleep", "300",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "cairn run -d: {out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(!dev.container_cgroups().is_empty(), "no container cgroup");
+    top_shows_the_running_task_with_its_limits(&dev, &id);
     let state = dev.state_dir();
     assert!(state.join("agent").is_dir(), "{}", dev.output());
 
@@ -327,10 +358,8 @@ fn sigterm_stops_the_cluster_and_cleans_up(mut dev: Dev) {
 }
 
 #[test]
-fn dev_cluster_lists_images_follows_logs_kills_on_ctrl_c_and_cleans_up_on_sigterm() {
-    if !require_root(
-        "dev_cluster_lists_images_follows_logs_kills_on_ctrl_c_and_cleans_up_on_sigterm",
-    ) {
+fn dev_cluster_serves_images_logs_top_and_ctrl_c_then_cleans_up() {
+    if !require_root("dev_cluster_serves_images_logs_top_and_ctrl_c_then_cleans_up") {
         return;
     }
     let dev = Dev::start();
