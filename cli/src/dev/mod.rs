@@ -249,6 +249,10 @@ fn agent_config(
         resources: opts.resources.clone(),
         listen_ip: Some(Ipv4Addr::LOCALHOST.into()),
         port: Some(port),
+        // The address the master hands to clients (for output, usage, images) is
+        // hostname:port; the machine's name may resolve elsewhere than the loopback address
+        // the agent listens on (Debian maps it to 127.0.1.1).
+        hostname: Some(Ipv4Addr::LOCALHOST.to_string()),
         drain_on_sigterm: Some(true),
         registration_backoff: Some(0.2),
         kill_grace: Some(2.0),
