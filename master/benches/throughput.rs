@@ -1,9 +1,10 @@
 //! End-to-end scheduling throughput through the scheduler API: the master served in-process
 //! on loopback (2 runtime threads), N simulated agents speaking the agent protocol over HTTP,
-//! and one framework launching tasks as fast as offers allow. Agents report every launched
-//! task TASK_FINISHED at once (one STATUS_UPDATE call per task) and the framework acknowledges
-//! each update, so every task costs the master an ACCEPT share, a status update and an
-//! acknowledgement, with the allocation they trigger.
+//! and one framework launching tasks as fast as offers allow, at most `tasks / agents` per
+//! offer so that every agent gets its share. Agents report every launched task TASK_FINISHED
+//! at once (one STATUS_UPDATE call per task, one agent's calls in sequence) and the framework
+//! acknowledges each update, so every task costs the master an ACCEPT share, a status update
+//! and an acknowledgement, with the allocation they trigger.
 //!
 //! `cargo bench -p cairn-master --bench throughput` (`-- --quick` for a short run).
 //!
@@ -35,7 +36,14 @@ fn client() -> ureq::Agent {
         .into()
 }
 
-fn post(c: &ureq::Agent, addr: SocketAddr, path: &str, stream: Option<&str>, body: &Value) -> u16 {
+/// Posts `body`; returns the status and the response body.
+fn post(
+    c: &ureq::Agent,
+    addr: SocketAddr,
+    path: &str,
+    stream: Option<&str>,
+    body: &Value,
+) -> (u16, String) {
     let mut req = c
         .post(format!("http://{addr}{path}"))
         .header("Content-Type", "application/json")
@@ -44,8 +52,8 @@ fn post(c: &ureq::Agent, addr: SocketAddr, path: &str, stream: Option<&str>, bod
         req = req.header("Mesos-Stream-Id", sid);
     }
     let mut resp = req.send(body.to_string()).unwrap();
-    let _ = resp.body_mut().read_to_vec();
-    resp.status().as_u16()
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (resp.status().as_u16(), text)
 }
 
 /// Launch times by task id, shared by the framework (sender) and the agents (receivers).
@@ -162,6 +170,7 @@ fn run(agents: usize, total: u64) -> Run {
         });
     }
 
+    let per_agent = total.div_ceil(agents as u64);
     let c = client();
     let start = Instant::now();
     let mut launched = 0u64;
@@ -190,9 +199,13 @@ fn run(agents: usize, total: u64) -> Run {
                             .map(|r| r["scalar"]["value"].as_f64().unwrap())
                             .sum()
                     };
-                    // Tasks of cpus:0.01;mem:8, as many as fit and are still wanted.
+                    // Tasks of cpus:0.01;mem:8, as many as fit and are still wanted, but at
+                    // most an agent's share of the run per offer: the first offer of an agent
+                    // fits every task, and piling all of them onto one agent would leave the
+                    // other agents (and their status updates) idle.
                     let fit = ((scalar("cpus") / 0.01 + 1e-6).floor() as u64)
                         .min((scalar("mem") / 8.0) as u64)
+                        .min(per_agent)
                         .min(total - launched);
                     let now = Instant::now();
                     let infos: Vec<Value> = (0..fit)
@@ -217,7 +230,7 @@ fn run(agents: usize, total: u64) -> Run {
                     } else {
                         json!([{"type": "LAUNCH", "launch": {"task_infos": infos}}])
                     };
-                    let status = post(
+                    let (status, text) = post(
                         &c,
                         addr,
                         SCHED,
@@ -226,7 +239,7 @@ fn run(agents: usize, total: u64) -> Run {
                             "offer_ids": [o["id"]], "operations": ops,
                             "filters": {"refuse_seconds": 0.0}}}),
                     );
-                    assert_eq!(status, 202);
+                    assert_eq!(status, 202, "ACCEPT: {text}");
                 }
             }
             _ => {}

@@ -8,6 +8,7 @@
 //! - `GET /state` (and `/master/state`, `/state.json`), `/version`, `/health`,
 //!   `/metrics/snapshot`, `/metrics` (Prometheus text).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,16 +25,31 @@ use cairn_api::v1::master as op;
 use cairn_api::v1::scheduler::{Call, CallType};
 use cairn_api::FrameworkId;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::core::{AgentError, AgentReply, Master, SchedulerError, MESOS_API_VERSION};
 use crate::leadership::{Gate, Route};
 
-/// The master shared between request handlers and the periodic ticker.
+/// The master shared between request handlers and the allocation task.
 #[derive(Debug, Clone)]
 pub struct Shared {
     master: Arc<Mutex<Master>>,
     gate: Gate,
+    allocation: Arc<AllocationRequests>,
+}
+
+/// Shortest time between two event-driven allocation cycles. Calls arriving meanwhile are
+/// served by the next cycle, so a burst of status updates, declines and accepts costs one
+/// cycle, not one each (Mesos batches `allocate()` requests the same way). Short enough
+/// that an offer after a change is not noticeably late.
+pub const ALLOCATION_BATCH: Duration = Duration::from_millis(5);
+
+/// Event-driven allocation requests: handlers mark the allocation dirty and wake the
+/// allocation task ([`Shared::spawn_ticker`]); many requests before it runs are one cycle.
+#[derive(Debug, Default)]
+struct AllocationRequests {
+    dirty: AtomicBool,
+    wake: Notify,
 }
 
 impl Shared {
@@ -47,6 +63,7 @@ impl Shared {
         Self {
             master: Arc::new(Mutex::new(master)),
             gate,
+            allocation: Arc::default(),
         }
     }
 
@@ -74,15 +91,44 @@ impl Shared {
         self.lock().close_subscribers();
     }
 
-    /// Runs [`Master::tick`] every `interval` until the process ends.
+    /// Asks for an allocation cycle soon: something changed that may make resources
+    /// offerable (a framework subscribed or revived, an offer was declined, a task ended,
+    /// an agent registered). Cheap; requests coalesce.
+    pub fn request_allocation(&self) {
+        self.allocation.dirty.store(true, Ordering::Release);
+        self.allocation.wake.notify_one();
+    }
+
+    /// The allocation task, until the process ends: [`Master::tick`] (timeouts,
+    /// heartbeats and a full allocation) every `interval`, and between ticks an allocation
+    /// cycle after changes ([`Shared::request_allocation`]), at most one per
+    /// [`ALLOCATION_BATCH`] or per the last cycle's own duration, whichever is longer (so
+    /// allocation never holds the master more than half the time).
     pub fn spawn_ticker(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
         let shared = self.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(interval);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut next_cycle = tokio::time::Instant::now();
             loop {
-                every.tick().await;
-                shared.lock().tick(Instant::now());
+                tokio::select! {
+                    _ = every.tick() => {
+                        shared.allocation.dirty.store(false, Ordering::Release);
+                        shared.lock().tick(Instant::now());
+                    }
+                    () = shared.allocation.wake.notified() => {
+                        tokio::time::sleep_until(next_cycle).await;
+                        // Let handlers already running finish first: their changes join
+                        // this cycle instead of waiting for the next.
+                        tokio::task::yield_now().await;
+                        if !shared.allocation.dirty.swap(false, Ordering::AcqRel) {
+                            continue;
+                        }
+                        let started = Instant::now();
+                        shared.lock().allocate(started);
+                        next_cycle = tokio::time::Instant::now() + started.elapsed().max(ALLOCATION_BATCH);
+                    }
+                }
             }
         })
     }
@@ -284,12 +330,8 @@ async fn scheduler(State(shared): State<Shared>, headers: HeaderMap, body: Bytes
             );
         }
         let sub = call.subscribe.expect("validated: subscribe is present");
-        let result = {
-            let mut m = shared.lock();
-            let r = m.subscribe(call.framework_id, sub, now);
-            m.tick(now);
-            r
-        };
+        let result = shared.lock().subscribe(call.framework_id, sub, now);
+        shared.request_allocation();
         return match result {
             Ok(s) => {
                 let fw: FrameworkId = s.framework_id.clone();
@@ -299,6 +341,8 @@ async fn scheduler(State(shared): State<Shared>, headers: HeaderMap, body: Bytes
                     closer
                         .lock()
                         .framework_disconnected(&fw, &stream_id, Instant::now());
+                    // Its offers were recovered: others may have them.
+                    closer.request_allocation();
                 });
                 let mut resp = Response::new(body);
                 let h = resp.headers_mut();
@@ -318,12 +362,10 @@ async fn scheduler(State(shared): State<Shared>, headers: HeaderMap, body: Bytes
         .get("Mesos-Stream-Id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let result = {
-        let mut m = shared.lock();
-        let r = m.scheduler_call(call, stream_id.as_deref(), now);
-        m.tick(now);
-        r
-    };
+    let result = shared
+        .lock()
+        .scheduler_call(call, stream_id.as_deref(), now);
+    shared.request_allocation();
     match result {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => scheduler_error(e),
@@ -373,12 +415,8 @@ async fn agent(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
             Err(e) => agent_error(&e),
         };
     }
-    let result = {
-        let mut m = shared.lock();
-        let r = m.agent_call(call, now);
-        m.tick(now);
-        r
-    };
+    let result = shared.lock().agent_call(call, now);
+    shared.request_allocation();
     match result {
         Ok(AgentReply::Registered(r)) => json_response(&r),
         Ok(AgentReply::Accepted) => StatusCode::ACCEPTED.into_response(),
@@ -434,6 +472,7 @@ async fn operator(State(shared): State<Shared>, headers: HeaderMap, body: Bytes)
                     "Expecting 'update_weights' to be present",
                 );
             };
+            shared.request_allocation();
             return match m.update_weights(&u.weight_infos) {
                 Ok(()) => StatusCode::OK.into_response(),
                 Err(e) => text(StatusCode::BAD_REQUEST, e.0),
@@ -446,6 +485,7 @@ async fn operator(State(shared): State<Shared>, headers: HeaderMap, body: Bytes)
                     "Expecting 'update_quota' to be present",
                 );
             };
+            shared.request_allocation();
             return match m.update_quota(&u.quota_configs) {
                 Ok(()) => StatusCode::OK.into_response(),
                 Err(e) => text(StatusCode::BAD_REQUEST, e.0),
@@ -458,6 +498,7 @@ async fn operator(State(shared): State<Shared>, headers: HeaderMap, body: Bytes)
                     "Expecting 'teardown' to be present",
                 );
             };
+            shared.request_allocation();
             return if m.remove_framework(&t.framework_id, now) {
                 StatusCode::OK.into_response()
             } else {

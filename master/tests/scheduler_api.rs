@@ -496,3 +496,51 @@ fn a_stalled_subscriber_is_disconnected_instead_of_buffered() {
     assert_eq!(snap["master/frameworks_connected"], 0.0);
     drop(raw);
 }
+
+/// Allocation follows changes without waiting for the periodic cycle (an hour here): a
+/// subscription, an ACCEPT's unused remainder and a finished task's resources are each
+/// offered again by the event-driven, batched allocation alone.
+#[test]
+fn changes_are_offered_without_waiting_for_the_periodic_allocation() {
+    let m = TestMaster::start(CoreConfig::default(), Duration::from_secs(3600));
+    let agent = SimAgent::start(m.addr, "cpus:2;mem:1024");
+    let (s, sid, fw) = subscribe(m.addr);
+    let first = s.next_of("OFFERS");
+    let r = call(
+        m.addr,
+        &sid,
+        &accept(&fw, &offer_id(&first), vec![task("t1", &agent.id, 1.0)]),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    agent.stream.next_of("LAUNCH");
+    let cpus = |e: &Value| -> f64 {
+        e["offers"]["offers"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["name"] == "cpus")
+            .map(|r| r["scalar"]["value"].as_f64().unwrap())
+            .sum()
+    };
+    let remainder = s.next_of("OFFERS");
+    assert_eq!(cpus(&remainder), 1.0, "{remainder}");
+    let r = call(
+        m.addr,
+        &sid,
+        &json!({"framework_id": {"value": fw}, "type": "DECLINE", "decline": {
+            "offer_ids": [{"value": offer_id(&remainder)}], "filters": {"refuse_seconds": 0.0}}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(cpus(&s.next_of("OFFERS")), 1.0);
+    agent.update(&fw, "t1", "TASK_FINISHED", 1);
+    // The outstanding offer holds the other cpu; the finished task's comes on its own.
+    let freed = s.next_of("OFFERS");
+    assert_eq!(cpus(&freed), 1.0, "{freed}");
+    let snapshot = get(m.addr, "/metrics/snapshot").json();
+    assert!(
+        snapshot["allocator/mesos/allocation_runs"]
+            .as_f64()
+            .unwrap()
+            >= 4.0
+    );
+}

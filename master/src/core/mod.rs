@@ -260,7 +260,8 @@ impl Master {
     }
 
     /// Periodic work: allocation, offer timeouts, agent health, framework failover timeouts,
-    /// heartbeats. Called by the runtime every allocation interval, and after changes.
+    /// heartbeats. Called by the runtime every allocation interval; between ticks, changes
+    /// only trigger (batched) [`Master::allocate`] cycles.
     pub fn tick(&mut self, now: Instant) {
         self.check_agents(now);
         self.close_reregistration_window(now);

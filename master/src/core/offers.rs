@@ -37,7 +37,7 @@ fn refuse(filters: Option<Filters>) -> Duration {
 
 impl Master {
     /// Runs the allocator and sends the resulting offers, one OFFERS event per framework.
-    pub(crate) fn allocate(&mut self, now: Instant) {
+    pub fn allocate(&mut self, now: Instant) {
         let started = Instant::now();
         let allocations = self.allocator.allocate(now);
         self.counters.allocation_runs += 1;
