@@ -1,8 +1,9 @@
 //! `cairn dev` (a real master and a real agent in one process, real containers from the
 //! busybox test image) driven by the `cairn` binary: `cairn logs -f` follows a running task's
 //! output and ends when the task does; Ctrl-C during `cairn run` kills the task; `cairn
-//! images` lists the agent's store; `cairn top` shows a running task's limits; SIGTERM stops
-//! the cluster, killing what still runs and removing its cgroups and state directory.
+//! images` lists the agent's store; `cairn top` shows a running task's limits; bad input to
+//! `cairn dev` fails clearly; SIGTERM stops the cluster, killing what still runs and removing
+//! its cgroups and state directory.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::io::{BufRead, BufReader};
@@ -296,6 +297,51 @@ fn images_lists_the_agents_store(dev: &Dev) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no agent \"no-such-agent\""));
 }
 
+fn temp_dev_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cairn-dev-"))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// A second `cairn dev` on the first one's master port, and one with an archive that does
+/// not exist, fail with one line naming the problem, exit 1, and leave no directory behind.
+fn bad_input_fails_clearly_and_leaves_nothing(dev: &Dev) {
+    let before = temp_dev_dirs();
+    let port = dev.url.rsplit(':').next().unwrap();
+    let out = cairn()
+        .args(["dev", "--port", port, "--agent-port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port} (in use?")),
+        "{err}"
+    );
+
+    let out = cairn()
+        .args(["dev", "--port", "0", "--agent-port", "0", "--import"])
+        .arg("/nonexistent/image.tar")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--import /nonexistent/image.tar: No such file or directory"),
+        "{err}"
+    );
+    assert_eq!(
+        temp_dev_dirs(),
+        before,
+        "a failed cairn dev left its directory"
+    );
+}
+
 /// `cairn top` reads the agent's `/monitor/statistics`: the running task with its limits
 /// (`cairn run`'s defaults: 0.1 CPU, 128 MiB).
 fn top_shows_the_running_task_with_its_limits(dev: &Dev, id: &str) {
@@ -364,6 +410,7 @@ fn dev_cluster_serves_images_logs_top_and_ctrl_c_then_cleans_up() {
     }
     let dev = Dev::start();
     images_lists_the_agents_store(&dev);
+    bad_input_fails_clearly_and_leaves_nothing(&dev);
     logs_follow_prints_output_as_it_comes_and_ends_with_the_task(&dev);
     ctrl_c_during_run_kills_the_task(&dev);
     sigterm_stops_the_cluster_and_cleans_up(dev);

@@ -267,6 +267,10 @@ fn import_images(agent_dir: &Path, archives: &[PathBuf]) -> anyhow::Result<Vec<S
     let store = cairn_oci::store::Store::open(layout.images())
         .with_context(|| format!("opening the image store in {}", agent_dir.display()))?;
     for archive in archives {
+        // Checked first: the import's own error names the file twice over.
+        if let Err(e) = std::fs::File::open(archive) {
+            anyhow::bail!("--import {}: {}", archive.display(), io_reason(&e));
+        }
         cairn_oci::import::import_docker_archive(&store, archive, None)
             .with_context(|| format!("importing {}", archive.display()))?;
     }
@@ -278,6 +282,15 @@ fn import_images(agent_dir: &Path, archives: &[PathBuf]) -> anyhow::Result<Vec<S
         .collect();
     refs.sort();
     Ok(refs)
+}
+
+/// An I/O error's text without Rust's ` (os error N)` suffix.
+fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
