@@ -348,9 +348,12 @@ fn announce(master_url: &str, agent: &Value, work: &WorkDir, images: &[String]) 
         .map_or(String::new(), |i| format!("--image {i} "));
     println!("cairn dev: a local cluster is running (one master, one agent)");
     println!("  master: {master_url}");
+    let mb = |name: &str| crate::run::mib(r[name].as_f64().unwrap_or(0.0));
     println!(
-        "  agent:  {addr}  (cpus {}, mem {} MB, disk {} MB)",
-        r["cpus"], r["mem"], r["disk"]
+        "  agent:  {addr}  (cpus {}, mem {}, disk {})",
+        r["cpus"].as_f64().unwrap_or(0.0),
+        mb("mem"),
+        mb("disk")
     );
     println!("  state:  {} ({fate})", work.path.display());
     if images.is_empty() {
