@@ -25,8 +25,9 @@ pub struct AgentArgs {
     /// Directory for the agent's state, images and sandboxes [default: /var/lib/cairn/agent].
     #[arg(long, env = "CAIRN_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
-    /// The master: `host:port[,host:port...]`, or a `zk://host:port[,...]/path` URL (stored;
-    /// ZooKeeper leader detection comes in a later release) [default: 127.0.0.1:5050].
+    /// The master: `host:port[,host:port...]` (tried in turn), or a
+    /// `zk://[user:password@]host:port[,...]/path` URL to follow the master elected in
+    /// ZooKeeper [default: 127.0.0.1:5050].
     #[arg(long, env = "CAIRN_MASTER")]
     pub master: Option<String>,
     /// Isolators, comma-separated [default: cgroups/cpu,cgroups/mem,cgroups/pids].
@@ -159,7 +160,8 @@ struct DiskFile {
 pub enum MasterAddress {
     /// Static `host:port` addresses, tried in turn.
     Static(Vec<String>),
-    /// A ZooKeeper URL (leader detection is a later issue).
+    /// A ZooKeeper URL (`zk://host:port[,host:port]/path`, checked): the agent follows the
+    /// master elected there.
     ZooKeeper(String),
 }
 
@@ -228,13 +230,9 @@ fn readable(key: &'static str, path: &Path) -> Result<(), ConfigError> {
 /// Parses `zk://...` or `host:port[,host:port]`.
 fn parse_master(text: &str) -> Result<MasterAddress, ConfigError> {
     let text = text.trim();
-    if let Some(rest) = text.strip_prefix("zk://") {
-        if rest.split('/').next().is_none_or(str::is_empty) {
-            return Err(invalid(
-                "master",
-                format!("{text:?} names no ZooKeeper host"),
-            ));
-        }
+    if text.starts_with("zk://") {
+        text.parse::<cairn_zk::ZkUrl>()
+            .map_err(|e| invalid("master", e.to_string()))?;
         return Ok(MasterAddress::ZooKeeper(text.to_string()));
     }
     let mut out = Vec::new();
@@ -598,6 +596,7 @@ mod tests {
         assert!(e.to_string().contains("port"), "{e}");
         for (text, key) in [
             ("master = \"nohost\"", "master"),
+            ("master = \"zk://z1:2181\"", "master"),
             ("isolation = [\"cgroups/bogus\"]", "isolation"),
             ("resources = \"cpus:x\"", "resources"),
             ("heartbeat_interval = 0.0", "heartbeat_interval"),

@@ -191,3 +191,77 @@ fn a_remeasured_capacity_reaches_a_real_master() {
     drop(tmpfs);
     drop(cgroups);
 }
+
+/// Whether the master at `port` says it leads.
+fn elected(port: u16) -> bool {
+    get_json(&format!("http://127.0.0.1:{port}/metrics/snapshot"))
+        .is_some_and(|m| m["master/elected"].as_f64() == Some(1.0))
+}
+
+#[test]
+fn a_zk_agent_registers_with_the_elected_master_and_follows_a_new_leader() {
+    let test = "agent_zk_leader";
+    if !require_root(test) || !cairn_testsupport::require_command(test, "java") {
+        return;
+    }
+    // Drop order (reverse of declaration): agent, masters, ZooKeeper, cgroups, directory.
+    let dir = ServiceDir::new("agent-zk");
+    let cgroups = CgroupParent::new("agent-zk");
+    let zk = cairn_testsupport::zookeeper::ZooKeeper::standalone();
+    let url = format!("zk://{}/cairn/agent-zk", zk.connect_string());
+    let master_config = format!("zk = \"{url}\"\nzk_session_timeout_secs = 2.0\n");
+    let mut masters: Vec<Master> = (0..2)
+        .map(|i| Master::start(&dir, &format!("master-{i}"), &master_config))
+        .collect();
+    let mut leader = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            leader = masters.iter().position(|m| elected(m.port));
+            leader.is_some()
+        }),
+        "no master was elected:\n{}\n{}",
+        masters[0].service.log(),
+        masters[1].service.log()
+    );
+    let first = leader.unwrap();
+    let other = 1 - first;
+
+    let work = dir.path().join("work");
+    let mut agent = start_agent(&dir, &agent_config(&work, &cgroups, &url));
+    // It registers with the leader ZooKeeper names (a follower would only redirect).
+    let mut agents = Vec::new();
+    let registered = wait_until(Duration::from_secs(60), || {
+        agents = masters[first].agents();
+        !agent.is_running() || agents.len() == 1
+    });
+    assert!(
+        registered && agent.is_running(),
+        "the agent did not register with the leader: {agents:?}\nagent log:\n{}",
+        agent.log()
+    );
+    let id = agents[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        agent.log().contains("leading master detected"),
+        "{}",
+        agent.log()
+    );
+
+    // The leader dies; ZooKeeper elects the other; the agent reregisters there, same id.
+    masters[first].service.kill();
+    let followed = wait_until(Duration::from_secs(60), || {
+        agents = masters[other].agents();
+        agents.len() == 1 && agents[0]["active"] != false
+    });
+    assert!(
+        followed,
+        "the agent did not follow the new leader: {agents:?}\nagent log:\n{}\nmaster log:\n{}",
+        agent.log(),
+        masters[other].service.log()
+    );
+    assert_eq!(agents[0]["id"].as_str(), Some(id.as_str()), "{agents:?}");
+    assert!(elected(masters[other].port));
+    drop(agent);
+    masters.clear();
+    drop(zk);
+    drop(cgroups);
+}

@@ -10,6 +10,11 @@
 //!
 //! When the stream ends or a call fails, the session is over: the link backs off
 //! (doubling up to a minute), tries the next master, and reregisters.
+//!
+//! With a `zk://` master the link follows the leader elected in ZooKeeper
+//! ([`cairn_zk::ZkDetector`], the `json.info_` znodes Mesos masters write): it waits for one,
+//! and when ZooKeeper names another leader (or none) it ends the session and reregisters with
+//! the new leader, with every task, so the new master can reconcile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use cairn_api::protocol::{
 };
 use cairn_api::recordio::Decoder;
 use cairn_api::{AgentId, Resource};
+use cairn_zk::{Detector, MasterInfo, ZkDetector};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -77,6 +83,99 @@ enum SessionError {
     Other(String),
 }
 
+/// Where the next session goes: static addresses in turn, or the leader ZooKeeper names.
+enum Masters {
+    Static {
+        list: Vec<String>,
+        next: usize,
+    },
+    /// `_detector` keeps the ZooKeeper session (and so `leader`) alive.
+    ZooKeeper {
+        url: String,
+        _detector: ZkDetector,
+        leader: watch::Receiver<Option<MasterInfo>>,
+    },
+}
+
+impl Masters {
+    /// Must run inside the tokio runtime (the ZooKeeper detector spawns its session there).
+    fn new(address: &MasterAddress) -> Result<Self, String> {
+        Ok(match address {
+            MasterAddress::Static(list) => Self::Static {
+                list: list.clone(),
+                next: 0,
+            },
+            MasterAddress::ZooKeeper(url) => {
+                let detector =
+                    ZkDetector::from_url(url).map_err(|e| format!("master {url}: {e}"))?;
+                Self::ZooKeeper {
+                    url: url.clone(),
+                    leader: detector.leader(),
+                    _detector: detector,
+                }
+            }
+        })
+    }
+
+    /// The `host:port` to try next; with ZooKeeper, waits until a leader is elected. `None`
+    /// when `shutdown` turned true meanwhile.
+    async fn next(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<String> {
+        match self {
+            Self::Static { list, next } => {
+                let master = list[*next % list.len()].clone();
+                *next += 1;
+                Some(master)
+            }
+            Self::ZooKeeper { url, leader, .. } => {
+                if leader.borrow().is_none() {
+                    tracing::info!(%url, "waiting for a leading master in ZooKeeper");
+                }
+                let found = async {
+                    leader
+                        .wait_for(|l| l.as_ref().and_then(MasterInfo::authority).is_some())
+                        .await
+                        .ok()
+                        .and_then(|l| l.as_ref().and_then(MasterInfo::authority))
+                };
+                tokio::select! {
+                    master = found => {
+                        if master.is_some() {
+                            tracing::info!(%url, master = master.as_deref().unwrap_or(""), "leading master detected");
+                        }
+                        master
+                    }
+                    _ = shutdown.wait_for(|s| *s) => None,
+                }
+            }
+        }
+    }
+
+    /// With ZooKeeper, a watch that wakes when the leader is no longer `master` (another was
+    /// elected, or none leads): the session with `master` must end then, as Mesos's agent
+    /// drops its master when the detector names another.
+    fn leader(&self) -> Option<watch::Receiver<Option<MasterInfo>>> {
+        match self {
+            Self::Static { .. } => None,
+            Self::ZooKeeper { leader, .. } => Some(leader.clone()),
+        }
+    }
+}
+
+/// Resolves once the leader `leader` names is no longer `master`; never without a watch.
+async fn leader_moved(leader: Option<watch::Receiver<Option<MasterInfo>>>, master: &str) {
+    let Some(mut leader) = leader else {
+        return std::future::pending().await;
+    };
+    let moved = leader
+        .wait_for(|l| l.as_ref().and_then(MasterInfo::authority).as_deref() != Some(master))
+        .await
+        .is_ok();
+    if !moved {
+        // The detector is gone (only at shutdown): keep the session until then.
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Runs the link until `shutdown` turns true.
 pub async fn run(
     core: Arc<dyn AgentCore>,
@@ -93,6 +192,13 @@ pub async fn run(
             return;
         }
     };
+    let mut masters = match Masters::new(&config.master) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("{e}");
+            return;
+        }
+    };
     let mut link = Link {
         client,
         core,
@@ -100,24 +206,14 @@ pub async fn run(
         config,
     };
     let mut backoff = link.config.registration_backoff;
-    let mut attempt = 0usize;
     while !*shutdown.borrow() {
-        let master = match &link.config.master {
-            MasterAddress::Static(list) => list[attempt % list.len()].clone(),
-            MasterAddress::ZooKeeper(url) => {
-                tracing::error!(
-                    "master {url}: ZooKeeper leader detection is not implemented yet; use host:port"
-                );
-                String::new()
-            }
+        let Some(master) = masters.next(&mut shutdown).await else {
+            break;
         };
-        attempt += 1;
-        if !master.is_empty() {
-            match link.session(&master, &mut shutdown).await {
-                Ok(true) => backoff = link.config.registration_backoff,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(%master, "master session ended: {e}"),
-            }
+        match link.session(&master, &mut shutdown, masters.leader()).await {
+            Ok(true) => backoff = link.config.registration_backoff,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%master, "master session ended: {e}"),
         }
         if *shutdown.borrow() {
             break;
@@ -160,7 +256,10 @@ impl Link {
         &mut self,
         master: &str,
         shutdown: &mut watch::Receiver<bool>,
+        leader: Option<watch::Receiver<Option<MasterInfo>>>,
     ) -> Result<bool, SessionError> {
+        let moved = leader_moved(leader, master);
+        tokio::pin!(moved);
         let mut info = self.core.registration();
         let call = match &self.agent_id {
             Some(id) => AgentCall::reregister(id.clone(), info),
@@ -238,6 +337,10 @@ impl Link {
                     }
                 }
                 _ = shutdown.changed() => return Ok(true),
+                () = &mut moved => {
+                    tracing::warn!(%master, "the leading master changed; reregistering with the new one");
+                    return Ok(true);
+                }
             }
         }
     }
