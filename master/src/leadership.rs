@@ -149,23 +149,38 @@ impl Gate {
     }
 }
 
-/// The registry store of a leader with ZooKeeper: each change queues the newest registry for
-/// a background writer that saves it through the fenced [`ZkRegistry`]. A fenced write (this
-/// master no longer leads) is logged and counted, and changes nothing in ZooKeeper.
+/// The registry store of a leader with ZooKeeper: each change marks the registry dirty for a
+/// background writer, which takes one snapshot of the master's registry and saves it through
+/// the fenced [`ZkRegistry`]; changes made meanwhile are saved by the next round (bursts
+/// coalesce). A change costs a counter bump under the master's lock, not a copy of the
+/// registry: with 10,000 agents re-registering after a failover, copying it per change held
+/// the lock long enough to starve the ZooKeeper session of the runtime's threads. A fenced
+/// write (this master no longer leads) is logged and counted, and changes nothing in
+/// ZooKeeper.
 #[derive(Debug)]
 pub struct ZkStore {
-    tx: watch::Sender<Option<Registry>>,
+    dirty: watch::Sender<u64>,
 }
 
 impl ZkStore {
-    /// Starts the writer for `registry`; it ends when the store is dropped and the last
-    /// queued registry was written (or refused).
-    pub fn spawn(registry: ZkRegistry, gate: Gate) -> Self {
-        let (tx, mut rx) = watch::channel(None::<Registry>);
+    /// Starts the writer for the master of this term, which [`ZkStore::bind`] names once it
+    /// exists; the writer ends when the store is dropped (with its master) or when `shared`
+    /// holds another master (the term ended).
+    pub fn spawn(registry: ZkRegistry, gate: Gate, shared: Shared) -> (Self, WriterBinding) {
+        let (dirty, mut rx) = watch::channel(0u64);
+        let binding = WriterBinding(Arc::new(std::sync::OnceLock::new()));
+        let master_id = binding.0.clone();
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
-                let Some(snapshot) = rx.borrow_and_update().clone() else {
-                    continue;
+                rx.borrow_and_update();
+                let snapshot = {
+                    let master = shared.lock();
+                    // Only this term's master: after a step-down `shared` holds a standby
+                    // whose empty registry must never be written.
+                    if master_id.get() != Some(&master.info().id) {
+                        break;
+                    }
+                    master.registry.clone()
                 };
                 match registry.save(&snapshot).await {
                     Ok(()) => {
@@ -182,13 +197,24 @@ impl ZkStore {
                 }
             }
         });
-        Self { tx }
+        (Self { dirty }, binding)
+    }
+}
+
+/// Names the master whose registry a [`ZkStore`] writer saves (see [`ZkStore::spawn`]).
+#[derive(Debug)]
+pub struct WriterBinding(Arc<std::sync::OnceLock<String>>);
+
+impl WriterBinding {
+    /// Binds the writer to the master with `id` (its `MasterInfo` id).
+    pub fn bind(self, id: &str) {
+        let _ = self.0.set(id.to_string());
     }
 }
 
 impl RegistryStore for ZkStore {
-    fn store(&self, registry: &Registry) {
-        self.tx.send_replace(Some(registry.clone()));
+    fn store(&self, _registry: &Registry) {
+        self.dirty.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -247,11 +273,10 @@ pub async fn run(election: Election, shared: Shared, cfg: CoreConfig) {
                 continue;
             }
         };
-        shared.replace(Master::with_store(
-            cfg.clone(),
-            registry,
-            Box::new(ZkStore::spawn(store, gate.clone())),
-        ));
+        let (writer, binding) = ZkStore::spawn(store, gate.clone(), shared.clone());
+        let master = Master::with_store(cfg.clone(), registry, Box::new(writer));
+        binding.bind(&master.info().id);
+        shared.replace(master);
         gate.set_serving(true);
         tracing::info!(term, "leading: serving the APIs");
         lost(&mut leadership, term).await;
