@@ -58,8 +58,8 @@ pub struct AgentArgs {
     /// Hostname reported to the master [default: the kernel's hostname].
     #[arg(long, env = "CAIRN_HOSTNAME")]
     pub hostname: Option<String>,
-    /// TLS certificate (PEM) for the HTTP API; with --tls-key. Accepted and checked now;
-    /// serving TLS comes in a later release [default: none].
+    /// TLS certificate chain (PEM) for the HTTP API, which then serves HTTPS only; with
+    /// --tls-key [default: none].
     #[arg(long, env = "CAIRN_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM); with --tls-cert [default: none].

@@ -920,6 +920,134 @@ fn recovery_destroys_containers_no_task_knows_and_state_keeps_frameworks() {
     assert!(setup.agent.terminate().success(), "{}", setup.log());
 }
 
+/// A self-signed certificate for 127.0.0.1 and its key, as PEM files in `dir`.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// `curl` over HTTPS trusting only `ca`: the body, or the error.
+fn curl_https(ca: &Path, url: &str) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            "--noproxy",
+            "*",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn the_api_serves_https_with_the_configured_certificate() {
+    let test = "daemon_tls";
+    if !require_root(test)
+        || !cairn_testsupport::require_command(test, "openssl")
+        || !cairn_testsupport::require_command(test, "curl")
+    {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let mut setup = Setup::new("tls", &format!("tls_cert = {cert:?}\ntls_key = {key:?}\n"));
+    let base = format!("https://127.0.0.1:{}", setup.port);
+    let mut last = Err(String::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while last.is_err() && Instant::now() < deadline {
+        last = curl_https(&cert, &format!("{base}/health"));
+        if last.is_err() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(last.is_ok(), "no HTTPS: {last:?}\n{}", setup.log());
+    // The same API: `/state` in Mesos's shape, over TLS.
+    let state: serde_json::Value =
+        serde_json::from_str(&curl_https(&cert, &format!("{base}/slave(1)/state")).unwrap())
+            .unwrap();
+    assert_eq!(state["version"], "1.11.0", "{state}");
+    assert!(setup.log().contains("HTTPS API listening"));
+    // Plain HTTP is not served on that port.
+    let plain = ureq::get(&format!("http://127.0.0.1:{}/health", setup.port)).call();
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    assert!(setup.agent.terminate().success(), "{}", setup.log());
+}
+
+#[test]
+fn unusable_tls_files_fail_the_start_naming_the_setting() {
+    if !cairn_testsupport::require_command("daemon_tls_files", "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let garbage = dir.path().join("garbage.pem");
+    fs::write(&garbage, "not PEM\n").unwrap();
+    let (other_cert, _) = {
+        let other = dir.path().join("other");
+        fs::create_dir(&other).unwrap();
+        self_signed(&other)
+    };
+    for (cert, key, named) in [
+        (&garbage, &key, "`tls_cert`"),
+        (&cert, &garbage, "`tls_key`"),
+        (&other_cert, &key, "`tls_cert` and `tls_key`"),
+        (&dir.path().join("missing.pem"), &key, "`tls_cert`"),
+    ] {
+        let config = dir.path().join("agent.toml");
+        fs::write(
+            &config,
+            format!(
+                "work_dir = {:?}\ntls_cert = {cert:?}\ntls_key = {key:?}\n",
+                dir.path().join("work")
+            ),
+        )
+        .unwrap();
+        let out = Command::new(AGENT)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with {cert:?} {key:?}");
+        assert!(stderr.contains(named), "{named} not in: {stderr}");
+    }
+}
+
 #[test]
 fn a_bad_config_key_fails_the_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();

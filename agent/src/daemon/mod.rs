@@ -90,6 +90,8 @@ pub struct Daemon {
     http: AgentHttpState,
     stop: watch::Receiver<bool>,
     recovered_id: Option<cairn_api::AgentId>,
+    /// HTTPS for the API when `tls_cert` and `tls_key` are set.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Daemon {
@@ -99,6 +101,11 @@ impl Daemon {
     /// # Errors
     /// The work directory, the containerizer, a checkpoint, or measuring failed.
     pub fn build(config: AgentConfig) -> anyhow::Result<Self> {
+        // Before anything starts: a bad certificate or key stops the start, naming it.
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(crate::http::tls::server_config(cert, key)?),
+            None => None,
+        };
         let layout = Layout::new(&config.work_dir);
         let (containerizer, recovery) = Containerizer::start(containerizer_config(&config))
             .context("starting the containerizer")?;
@@ -197,6 +204,7 @@ impl Daemon {
             http,
             stop,
             recovered_id,
+            tls,
         })
     }
 
@@ -215,22 +223,37 @@ impl Daemon {
             http,
             mut stop,
             recovered_id,
+            tls,
         } = self;
         let addr = std::net::SocketAddr::new(config.listen_ip, config.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP API to {addr} (setting `port`)"))?;
-        tracing::info!(%addr, "HTTP API listening");
         let (done_tx, done) = watch::channel(false);
         let mut http_done = done.clone();
-        let server = tokio::spawn(async move {
-            let app = crate::http::router(http);
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_done.wait_for(|d| *d).await;
+        let stopped = async move {
+            let _ = http_done.wait_for(|d| *d).await;
+        };
+        let app = crate::http::router(http);
+        let server = match tls {
+            Some(tls) => {
+                let listener = crate::http::tls::TlsListener::new(listener, tls)?;
+                tracing::info!(%addr, "HTTPS API listening");
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
                 })
-                .await;
-        });
+            }
+            None => {
+                tracing::info!(%addr, "HTTP API listening");
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
+                })
+            }
+        };
         let link = tokio::spawn(master_link::run(
             Arc::new(agent::Core(Arc::clone(&agent))),
             LinkConfig {

@@ -13,6 +13,7 @@
 pub mod files;
 pub mod metrics;
 pub mod state;
+pub mod tls;
 pub mod view;
 
 use std::collections::BTreeMap;
