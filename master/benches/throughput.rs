@@ -6,7 +6,8 @@
 //! acknowledges each update, so every task costs the master an ACCEPT share, a status update
 //! and an acknowledgement, with the allocation they trigger.
 //!
-//! `cargo bench -p cairn-master --bench throughput` (`-- --quick` for a short run).
+//! `cargo bench -p cairn-master --bench throughput` (`-- --quick` for 5000 tasks a row instead
+//! of 50 000, `-- --agents N` for one row).
 //!
 //! Prints a table: tasks finished per second over the run, and the launch latency (ACCEPT
 //! sent by the framework to LAUNCH received by the agent) at p50 and p99.
@@ -121,6 +122,13 @@ fn start_agent(addr: SocketAddr, n: usize, sent: Sent, lat: Arc<Mutex<Vec<Durati
     });
 }
 
+/// `master/frameworks_disconnected_stalled`, to tell a framework dropped for a full event
+/// queue from other failures.
+fn stalled(addr: SocketAddr) -> String {
+    support::get(addr, "/metrics/snapshot").json()["master/frameworks_disconnected_stalled"]
+        .to_string()
+}
+
 struct Run {
     agents: usize,
     tasks: u64,
@@ -178,7 +186,11 @@ fn run(agents: usize, total: u64) -> Run {
     let mut finished_seen = 0u64;
     while finished_seen < total {
         let Ok(e) = fstream.events.recv_timeout(Duration::from_secs(30)) else {
-            panic!("stalled: {launched} launched, {finished_seen} finished");
+            panic!(
+                "stalled: {launched} launched, {finished_seen} finished (subscribers \
+                 disconnected as stalled: {})",
+                stalled(addr)
+            );
         };
         match e["type"].as_str() {
             Some("UPDATE") => {
@@ -239,7 +251,12 @@ fn run(agents: usize, total: u64) -> Run {
                             "offer_ids": [o["id"]], "operations": ops,
                             "filters": {"refuse_seconds": 0.0}}}),
                     );
-                    assert_eq!(status, 202, "ACCEPT: {text}");
+                    assert_eq!(
+                        status,
+                        202,
+                        "ACCEPT: {text} (subscribers disconnected as stalled: {})",
+                        stalled(addr)
+                    );
                 }
             }
             _ => {}
@@ -263,11 +280,17 @@ fn run(agents: usize, total: u64) -> Run {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
     let total = if quick { 5_000 } else { 50_000 };
+    // `--agents N`: that row only.
+    let rows: Vec<usize> = match args.iter().position(|a| a == "--agents") {
+        Some(i) => vec![args[i + 1].parse().expect("--agents takes a number")],
+        None => vec![1, 10, 100],
+    };
     println!("| agents | tasks | seconds | tasks/s | offers | launch p50 ms | launch p99 ms |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for agents in [1, 10, 100] {
+    for agents in rows {
         let r = run(agents, total);
         println!(
             "| {} | {} | {:.2} | {:.0} | {} | {:.2} | {:.2} |",

@@ -95,8 +95,11 @@ impl Shared {
     /// offerable (a framework subscribed or revived, an offer was declined, a task ended,
     /// an agent registered). Cheap; requests coalesce.
     pub fn request_allocation(&self) {
-        self.allocation.dirty.store(true, Ordering::Release);
-        self.allocation.wake.notify_one();
+        // Already dirty: the allocation task has been woken and has not started the cycle
+        // (it clears the flag before locking the master), so that cycle sees this change.
+        if !self.allocation.dirty.swap(true, Ordering::AcqRel) {
+            self.allocation.wake.notify_one();
+        }
     }
 
     /// The allocation task, until the process ends: [`Master::tick`] (timeouts,
@@ -132,6 +135,21 @@ impl Shared {
             }
         })
     }
+}
+
+/// The master's listener with `TCP_NODELAY` on every connection it accepts: an event
+/// stream writes many small chunks, and with Nagle's algorithm each would wait for the
+/// previous one's (delayed, up to 40 ms) acknowledgement. Serve with
+/// `axum::serve(http::listener(l), router(shared))`.
+pub fn listener(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    })
 }
 
 /// All the master's routes. The scheduler, operator and agent APIs are leader-only: a master
@@ -260,19 +278,35 @@ fn event_stream<E: Serialize + Send + 'static>(
                 () = tx.closed() => None,
             };
             let Some(event) = event else { break };
-            let Ok(json) = serde_json::to_vec(&event) else {
+            // Events already queued go out in the same chunk: one write and one wakeup of
+            // the connection for a burst (thousands of UPDATEs a second), not one each.
+            let mut frame = Vec::new();
+            append_record(&mut frame, &event);
+            while frame.len() < MAX_FRAME {
+                let Ok(event) = rx.try_recv() else { break };
+                append_record(&mut frame, &event);
+            }
+            if frame.is_empty() {
                 continue;
-            };
-            if tx
-                .send(Ok(Bytes::from(recordio::encode(&json))))
-                .await
-                .is_err()
-            {
+            }
+            if tx.send(Ok(Bytes::from(frame))).await.is_err() {
                 break;
             }
         }
     });
     Body::from_stream(stream)
+}
+
+/// Queued events coalesced into one chunk stop at this size (the chunk may end up one
+/// event larger).
+const MAX_FRAME: usize = 64 * 1024;
+
+/// Appends `event` as one RecordIO record of JSON (an event that fails to serialize, which
+/// the wire types never do, is skipped).
+fn append_record(frame: &mut Vec<u8>, event: &impl Serialize) {
+    if let Ok(json) = serde_json::to_vec(event) {
+        frame.extend_from_slice(&recordio::encode(&json));
+    }
 }
 
 /// A tiny generator: `f` feeds a channel whose receiving end is the stream.

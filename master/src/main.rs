@@ -133,20 +133,21 @@ async fn main() -> anyhow::Result<()> {
     // open DRAIN later (a client not reading) are dropped.
     let closer = shared.clone();
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let serve = axum::serve(listener, cairn_master::http::router(shared)).with_graceful_shutdown(
-        async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing a SIGTERM handler never fails on Linux");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::info!("shutting down: closing subscriber streams");
-            closer.close_streams();
-            let _ = stopping_tx.send(true);
-        },
-    );
+    let serve = axum::serve(
+        cairn_master::http::listener(listener),
+        cairn_master::http::router(shared),
+    )
+    .with_graceful_shutdown(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler never fails on Linux");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: closing subscriber streams");
+        closer.close_streams();
+        let _ = stopping_tx.send(true);
+    });
     const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
     tokio::select! {
         served = std::future::IntoFuture::into_future(serve) => served.context("serving the APIs")?,

@@ -39,7 +39,9 @@ impl TestMaster {
         let app = router(shared.clone());
         runtime.spawn(async move {
             shared.spawn_ticker(tick);
-            axum::serve(listener, app).await.unwrap();
+            axum::serve(cairn_master::http::listener(listener), app)
+                .await
+                .unwrap();
         });
         Self {
             addr,
