@@ -84,7 +84,25 @@ fn prometheus_scrapes_agents_resources_and_tasks_by_state() {
         "{:?}",
         exposition.headers
     );
-    promtool_check_metrics(&exposition.text()).unwrap();
+    let text = exposition.text();
+    promtool_check_metrics(&text).unwrap();
+    // Counters are counters with `_total`, gauges are gauges (promtool accepts a gauge
+    // without a suffix, so the types are checked here).
+    for line in [
+        "# TYPE cairn_master_slave_registrations_total counter",
+        "# TYPE cairn_master_messages_launch_tasks_total counter",
+        "# TYPE cairn_master_valid_status_updates_total counter",
+        "# TYPE cairn_allocator_mesos_allocation_runs_total counter",
+        "# TYPE cairn_master_tasks_terminal_total counter",
+        "# TYPE cairn_master_tasks gauge",
+        "# TYPE cairn_master_cpus gauge",
+        "# TYPE cairn_master_slaves_active gauge",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    let snapshot = get(m.addr, "/metrics/snapshot").json();
+    assert_eq!(snapshot["master/tasks_finished"], 1.0, "{snapshot}");
+    assert_eq!(snapshot["master/slave_registrations"], 1.0, "{snapshot}");
 
     let prom = Prometheus::start(&[m.addr.to_string()]);
     let at = Duration::from_secs(60);
@@ -100,10 +118,15 @@ fn prometheus_scrapes_agents_resources_and_tasks_by_state() {
     assert_eq!(value("cairn_master_mem_used"), 256.0);
     assert_eq!(value(r#"cairn_master_tasks{state="TASK_RUNNING"}"#), 1.0);
     assert_eq!(value(r#"cairn_master_tasks{state="TASK_STAGING"}"#), 1.0);
-    assert_eq!(value(r#"cairn_master_tasks{state="TASK_FINISHED"}"#), 1.0);
+    assert_eq!(
+        value(r#"cairn_master_tasks_terminal_total{state="TASK_FINISHED"}"#),
+        1.0
+    );
     assert_eq!(value("cairn_master_elected"), 1.0);
     assert_eq!(value("cairn_master_frameworks_connected"), 1.0);
-    // Tasks by state sum to the tasks the master knows.
-    assert_eq!(value("sum(cairn_master_tasks)"), 3.0);
+    assert_eq!(value("cairn_master_slave_registrations_total"), 1.0);
+    assert_eq!(value("cairn_master_messages_launch_tasks_total"), 3.0);
+    // Live tasks by state sum to the tasks still running or staging.
+    assert_eq!(value("sum(cairn_master_tasks)"), 2.0);
     drop(fstream);
 }

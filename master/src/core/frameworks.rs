@@ -304,6 +304,7 @@ impl Master {
                     self.allocator
                         .recover(id, &t.agent_id, &t.role, &t.resources, None, now);
                     t.state = TaskState::Killed;
+                    self.count_terminal(TaskState::Killed);
                 }
                 self.push_completed_task(t);
             }

@@ -93,6 +93,9 @@ pub struct Counters {
     pub agents_unreachable_marked: u64,
     pub allocation_runs: u64,
     pub last_allocation_ms: f64,
+    /// Tasks that reached each terminal state (by Mesos name), since the master started:
+    /// Mesos's `master/tasks_finished`, `master/tasks_failed`, ... counters.
+    pub tasks_terminal: BTreeMap<&'static str, u64>,
     pub messages_scheduler_calls: u64,
     pub messages_agent_calls: u64,
 }

@@ -54,6 +54,15 @@ impl Master {
         );
     }
 
+    /// Counts a task reaching the terminal `state` (`master/tasks_<state>`).
+    pub(crate) fn count_terminal(&mut self, state: TaskState) {
+        *self
+            .counters
+            .tasks_terminal
+            .entry(state.as_str())
+            .or_default() += 1;
+    }
+
     pub(crate) fn push_completed_task(&mut self, t: TaskEntry) {
         self.completed_tasks.push_back(t);
         while self.completed_tasks.len() > self.cfg.max_completed_tasks {
@@ -82,6 +91,7 @@ impl Master {
             let (agent, role, res) = (t.agent_id.clone(), t.role.clone(), t.resources.clone());
             self.allocator
                 .recover(&key.0, &agent, &role, &res, None, now);
+            self.count_terminal(state);
         }
     }
 

@@ -502,10 +502,15 @@ impl Master {
             self.frameworks.values().filter(|f| !f.connected()).count() as f64,
         );
         put("master/outstanding_offers", self.offers.len() as f64);
+        // As Mesos: live states are gauges of the tasks in them now, terminal states count
+        // the tasks that ever reached them (the completed-task list is bounded).
         let mut by_state: BTreeMap<&str, f64> =
             TaskState::ALL.iter().map(|s| (s.as_str(), 0.0)).collect();
-        for t in self.tasks.values().chain(self.completed_tasks.iter()) {
+        for t in self.tasks.values().filter(|t| !t.state.is_terminal()) {
             *by_state.entry(t.state.as_str()).or_default() += 1.0;
+        }
+        for (state, n) in &self.counters.tasks_terminal {
+            by_state.insert(state, *n as f64);
         }
         for (state, n) in by_state {
             let name = state.trim_start_matches("TASK_").to_ascii_lowercase();
