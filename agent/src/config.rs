@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use cairn_api::Resources;
 use cairn_isolators::disk::DiskConfig;
+use cairn_oci::registry::RegistryConfig;
 use serde::Deserialize;
 
 /// Default config file.
@@ -109,6 +110,17 @@ pub struct AgentArgs {
     /// fail either way); file key `isolators.disk.quota_kill_on_exceed` [default: false].
     #[arg(long, env = "CAIRN_DISK_QUOTA_KILL_ON_EXCEED", num_args = 0..=1, default_missing_value = "true")]
     pub disk_quota_kill_on_exceed: Option<bool>,
+    /// Pull images that are not in the agent's store from their registries; `false` runs
+    /// only images already there (imported) [default: true].
+    #[arg(long, env = "CAIRN_IMAGE_PULLS", num_args = 0..=1, default_missing_value = "true")]
+    pub image_pulls: Option<bool>,
+    /// Registries (`host` or `host:port`, as in image references) reached over plain HTTP,
+    /// comma-separated [default: none].
+    #[arg(long, env = "CAIRN_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Option<Vec<String>>,
+    /// Docker `config.json` with registry credentials (`auths`) [default: none].
+    #[arg(long, env = "CAIRN_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
 }
 
 /// The config file: the same names as the flags, in snake case. Unknown keys are errors.
@@ -134,6 +146,9 @@ struct FileConfig {
     resource_interval: Option<f64>,
     kill_grace: Option<f64>,
     status_update_retry: Option<f64>,
+    image_pulls: Option<bool>,
+    insecure_registries: Option<Vec<String>>,
+    docker_config: Option<PathBuf>,
     isolators: Option<IsolatorsFile>,
 }
 
@@ -188,6 +203,8 @@ pub struct AgentConfig {
     pub status_update_retry: Duration,
     /// The `disk/du` and `disk/quota` knobs, handed to the containerizer.
     pub disk: DiskConfig,
+    /// How images missing from the store are pulled; `None` when pulls are off.
+    pub registry: Option<RegistryConfig>,
 }
 
 /// A bad setting, named.
@@ -225,6 +242,37 @@ fn readable(key: &'static str, path: &Path) -> Result<(), ConfigError> {
     std::fs::metadata(path)
         .map(|_| ())
         .map_err(|e| invalid(key, format!("{}: {e}", path.display())))
+}
+
+/// Image pulls: flags over the file over the defaults (pulls on, HTTPS only, anonymous).
+fn registry_config(a: &AgentArgs, f: &FileConfig) -> Result<Option<RegistryConfig>, ConfigError> {
+    if !a.image_pulls.or(f.image_pulls).unwrap_or(true) {
+        return Ok(None);
+    }
+    let insecure = a
+        .insecure_registries
+        .clone()
+        .or_else(|| f.insecure_registries.clone())
+        .unwrap_or_default();
+    if let Some(bad) = insecure
+        .iter()
+        .find(|r| r.is_empty() || r.contains('/') || r.contains("://"))
+    {
+        return Err(invalid(
+            "insecure_registries",
+            format!("{bad:?} is not a registry host or host:port"),
+        ));
+    }
+    let mut config = RegistryConfig {
+        insecure,
+        ..RegistryConfig::default()
+    };
+    if let Some(path) = a.docker_config.clone().or_else(|| f.docker_config.clone()) {
+        config = config
+            .with_docker_config(&path)
+            .map_err(|e| invalid("docker_config", e.to_string()))?;
+    }
+    Ok(Some(config))
 }
 
 /// Parses `zk://...` or `host:port[,host:port]`.
@@ -382,6 +430,7 @@ impl AgentArgs {
 
     fn merge(&self, f: FileConfig) -> Result<AgentConfig, ConfigError> {
         let a = self.clone();
+        let registry = registry_config(&a, &f)?;
         let disk = disk_config(&a, f.isolators.and_then(|i| i.disk))?;
         let work_dir = a
             .work_dir
@@ -490,6 +539,7 @@ impl AgentArgs {
                     .unwrap_or(10.0),
             )?,
             disk,
+            registry,
         })
     }
 }

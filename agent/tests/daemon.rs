@@ -405,9 +405,16 @@ impl Setup {
                 "work_dir = {work:?}\nmaster = \"127.0.0.1:{}\"\ncgroup_parent = {:?}\n\
                  listen_ip = \"127.0.0.1\"\nport = {port}\nheartbeat_interval = 1.0\n\
                  registration_backoff = 0.2\nresources = \"cpus:8;mem:4096;disk:4096\"\n\
-                 {extra_config}",
+                 {pulls}{extra_config}",
                 driver.port,
                 cgroups.path.to_string_lossy(),
+                // Hermetic unless a scenario configures pulls: an image missing from the
+                // store fails at once instead of being looked up on Docker Hub.
+                pulls = if extra_config.contains("image_pulls") {
+                    ""
+                } else {
+                    "image_pulls = false\n"
+                },
             ),
         )
         .unwrap();
@@ -1088,5 +1095,117 @@ fn a_bad_config_key_fails_the_start_naming_it() {
         "TLS",
     ] {
         assert!(help.contains(s), "{s} missing from --help:\n{help}");
+    }
+}
+
+#[test]
+fn an_image_missing_from_the_store_is_pulled_from_its_registry() {
+    if !require_root("daemon_pull") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let registry = cairn_testsupport::registry::Registry::start();
+    let pushed = TestImages::get().push_to(&registry, None);
+    let setup = Setup::new(
+        "pull",
+        &format!(
+            "image_pulls = true\ninsecure_registries = [{:?}]\n",
+            registry.addr()
+        ),
+    );
+    let driver = setup.driver.clone();
+    // `multi` (three layers) is only in the registry; the imported image is `latest`.
+    let pulled = pushed.multi.reference.clone();
+    launch(
+        &driver,
+        vec![
+            task(
+                "pulled",
+                &pulled,
+                "echo pulled-ok > \"$MESOS_SANDBOX/out\"",
+                16.0,
+            ),
+            task(
+                "missing",
+                &format!("{}/cairn/not-there:1", registry.addr()),
+                "true",
+                16.0,
+            ),
+        ],
+    );
+    driver.wait_for("both tasks ended", Duration::from_secs(120), |d| {
+        d.latest("pulled").is_some_and(TaskState::is_terminal)
+            && d.latest("missing").is_some_and(TaskState::is_terminal)
+    });
+    let distinct = driver.distinct();
+    let done = distinct["pulled"].last().unwrap();
+    assert_eq!(done.state, TaskState::Finished, "{done:?}\n{}", setup.log());
+    let missing = distinct["missing"].last().unwrap();
+    assert_eq!(missing.state, TaskState::Failed, "{missing:?}");
+    assert_eq!(
+        missing.reason,
+        Some(cairn_api::Reason::ContainerLaunchFailed)
+    );
+    assert!(
+        missing
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("not-there"),
+        "the failure names the image: {missing:?}"
+    );
+    // The pulled image is in the agent's store now, next to the imported one.
+    let url = format!("http://127.0.0.1:{}/images", setup.port);
+    let images: serde_json::Value = serde_json::from_str(
+        &ureq::get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let references: Vec<&str> = images["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["reference"].as_str())
+        .collect();
+    assert!(references.contains(&pulled.as_str()), "{references:?}");
+    assert!(
+        registry.log().contains("/v2/cairn/busybox/manifests/multi"),
+        "the registry served the pull"
+    );
+    setup.wait_streams_done();
+}
+
+#[test]
+fn bad_image_settings_fail_the_start_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, key) in [
+        (
+            "insecure_registries = [\"http://r:5000\"]\n",
+            "insecure_registries",
+        ),
+        (
+            "docker_config = \"/nonexistent/config.json\"\n",
+            "docker_config",
+        ),
+        ("image_pulls = \"yes\"\n", "image_pulls"),
+    ] {
+        let config = dir.path().join("agent.toml");
+        fs::write(&config, format!("work_dir = {:?}\n{file}", dir.path())).unwrap();
+        // --print-capacity: a start that wrongly accepted the file would exit, not serve.
+        let out = Command::new(AGENT)
+            .arg("--config")
+            .arg(&config)
+            .arg("--print-capacity")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: started");
+        assert!(stderr.contains(key), "{file}: {stderr}");
     }
 }

@@ -72,13 +72,14 @@ pub fn offer(config: &AgentConfig) -> anyhow::Result<(NodeCapacity, Resources)> 
     Ok((cap, out))
 }
 
-/// The containerizer's settings from the agent's: work directory, isolators, cgroup parent
-/// and the disk isolators' knobs.
+/// The containerizer's settings from the agent's: work directory, isolators, cgroup parent,
+/// the disk isolators' knobs and image pulls.
 pub fn containerizer_config(config: &AgentConfig) -> ContainerizerConfig {
     let mut cz = ContainerizerConfig::new(&config.work_dir);
     cz.isolation.clone_from(&config.isolation);
     cz.cgroups.parent.clone_from(&config.cgroup_parent);
     cz.disk = config.disk.clone();
+    cz.registry = config.registry.clone();
     cz
 }
 
