@@ -28,6 +28,9 @@ use crate::http::Shared;
 use crate::registry::{Registry, RegistryStore};
 use crate::zk_registry::{ZkRegistry, ZkRegistryError};
 
+/// The least time between two registry saves (see [`ZkStore`]).
+const MIN_SAVE_GAP: Duration = Duration::from_millis(100);
+
 /// How long to wait before retrying a failed registry recovery while still leading.
 const RECOVERY_RETRY: Duration = Duration::from_secs(1);
 
@@ -182,7 +185,13 @@ impl ZkStore {
                     }
                     master.registry.clone()
                 };
-                match registry.save(&snapshot).await {
+                let started = tokio::time::Instant::now();
+                let saved = registry.save(&snapshot).await;
+                // Leave ZooKeeper at least as long as the save took before the next one:
+                // back-to-back saves of a large registry outran the followers and exhausted
+                // a small ensemble's heap. Changes made meanwhile coalesce into the next save.
+                let pause = started.elapsed().max(MIN_SAVE_GAP);
+                match saved {
                     Ok(()) => {
                         gate.inner.writes.fetch_add(1, Ordering::Relaxed);
                     }
@@ -195,6 +204,7 @@ impl ZkStore {
                         tracing::error!("cannot save the registry: {e}");
                     }
                 }
+                tokio::time::sleep(pause).await;
             }
         });
         (Self { dirty }, binding)
