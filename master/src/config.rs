@@ -61,6 +61,33 @@ pub struct Config {
     pub zk: Option<ZkConfig>,
 }
 
+impl Config {
+    /// Every setting in force, for the operator API's GET_FLAGS (sorted by name; the
+    /// ZooKeeper password masked).
+    pub fn flags(&self) -> Vec<cairn_api::v1::master::Flag> {
+        let flag = |name: &str, value: String| cairn_api::v1::master::Flag {
+            name: name.into(),
+            value: Some(value),
+        };
+        let mut flags = self.core.flags();
+        flags.push(flag("listen", self.listen.to_string()));
+        flags.push(flag("work_dir", self.work_dir.display().to_string()));
+        flags.push(flag(
+            "allocation_interval_secs",
+            self.allocation_interval.as_secs_f64().to_string(),
+        ));
+        if let Some(zk) = &self.zk {
+            flags.push(flag("zk", zk.url.to_string()));
+            flags.push(flag(
+                "zk_session_timeout_secs",
+                zk.session_timeout.as_secs_f64().to_string(),
+            ));
+        }
+        flags.sort_by(|a, b| a.name.cmp(&b.name));
+        flags
+    }
+}
+
 impl FileConfig {
     /// Reads `path`; a missing default file is an empty config.
     ///
@@ -193,6 +220,31 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_list_every_setting_sorted_with_the_zk_password_masked() {
+        let cfg = FileConfig {
+            zk: Some("zk://cairn:s3cret@h1:2181/cairn".into()),
+            offer_timeout_secs: Some(30.0),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        let flags = cfg.flags();
+        let value = |name: &str| {
+            flags
+                .iter()
+                .find(|f| f.name == name)
+                .and_then(|f| f.value.clone())
+                .unwrap_or_else(|| panic!("no flag {name} in {flags:?}"))
+        };
+        assert_eq!(value("zk"), "zk://cairn:***@h1:2181/cairn");
+        assert_eq!(value("offer_timeout_secs"), "30");
+        assert_eq!(value("listen"), "0.0.0.0:5050");
+        assert_eq!(value("allocation_interval_secs"), "1");
+        assert!(flags.windows(2).all(|w| w[0].name < w[1].name), "{flags:?}");
+        assert!(!format!("{flags:?}").contains("s3cret"));
+    }
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {

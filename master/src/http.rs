@@ -3,7 +3,8 @@
 //! decides anything.
 //!
 //! - `POST /api/v1/scheduler`: the v1 scheduler API (SUBSCRIBE streams RecordIO events).
-//! - `POST /api/v1`: the v1 operator API (and, as Mesos routes by prefix, `/api/v1/*`).
+//! - `POST /api/v1`: the v1 operator API (and, as Mesos routes by prefix, `/api/v1/*`); its
+//!   SUBSCRIBE streams RecordIO operator events.
 //! - `POST /api/v1/agent`: the agent protocol ([`cairn_api::protocol`]).
 //! - `GET /state` (and `/master/state`, `/state.json`), `/version`, `/health`,
 //!   `/metrics/snapshot`, `/metrics` (Prometheus text).
@@ -36,6 +37,9 @@ pub struct Shared {
     master: Arc<Mutex<Master>>,
     gate: Gate,
     allocation: Arc<AllocationRequests>,
+    /// GET_FLAGS's answer when the process knows its whole configuration
+    /// ([`Shared::with_flags`]); otherwise the core's settings are listed.
+    flags: Option<Arc<Vec<op::Flag>>>,
 }
 
 /// Shortest time between two event-driven allocation cycles. Calls arriving meanwhile are
@@ -64,7 +68,15 @@ impl Shared {
             master: Arc::new(Mutex::new(master)),
             gate,
             allocation: Arc::default(),
+            flags: None,
         }
+    }
+
+    /// Answers GET_FLAGS with `flags` (the binary's resolved [`crate::config::Config`]).
+    #[must_use]
+    pub fn with_flags(mut self, flags: Vec<op::Flag>) -> Self {
+        self.flags = Some(Arc::new(flags));
+        self
     }
 
     /// Whether this master serves, and where it redirects otherwise.
@@ -449,7 +461,7 @@ async fn agent(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
             Err(e) => agent_error(&e),
         };
     }
-    let result = shared.lock().agent_call(call, now);
+    let result = shared.lock().handle_agent_call(call, now);
     shared.request_allocation();
     match result {
         Ok(AgentReply::Registered(r)) => json_response(&r),
@@ -481,9 +493,39 @@ async fn operator(State(shared): State<Shared>, headers: HeaderMap, body: Bytes)
         }
     };
     let now = Instant::now();
+    if call.kind == op::CallType::Subscribe {
+        let events = shared.lock().operator_subscribe();
+        let mut resp = Response::new(event_stream(events, || {}));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return resp;
+    }
     let mut m = shared.lock();
     let mut r = op::Response::new(call.kind);
     match call.kind {
+        op::CallType::Subscribe => unreachable!("answered with a stream above"),
+        op::CallType::GetFlags => {
+            let flags = match &shared.flags {
+                Some(f) => f.as_ref().clone(),
+                None => m.config().flags(),
+            };
+            r.get_flags = Some(op::GetFlags { flags });
+        }
+        op::CallType::GetMetrics => {
+            let mut snapshot = m.metrics_snapshot();
+            shared.gate().add_metrics(&mut snapshot);
+            r.get_metrics = Some(op::GetMetrics {
+                metrics: snapshot
+                    .into_iter()
+                    .map(|(name, value)| op::Metric {
+                        name,
+                        value: Some(value),
+                    })
+                    .collect(),
+            });
+        }
         op::CallType::GetHealth => r.get_health = Some(op::GetHealth { healthy: true }),
         op::CallType::GetVersion => {
             r.get_version = Some(op::GetVersion {
@@ -542,14 +584,8 @@ async fn operator(State(shared): State<Shared>, headers: HeaderMap, body: Bytes)
                 )
             };
         }
-        op::CallType::GetFlags | op::CallType::GetMetrics | op::CallType::Unknown => {
-            return text(
-                StatusCode::NOT_IMPLEMENTED,
-                format!(
-                    "{:?} is not supported by Cairn (see docs/master.md)",
-                    call.kind
-                ),
-            );
+        op::CallType::Unknown => {
+            return text(StatusCode::BAD_REQUEST, "Expecting 'type' to be present");
         }
     }
     drop(m);

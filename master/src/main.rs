@@ -105,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
             let (store, registry) = cairn_master::registry::FileRegistry::open(&path)?;
             let master = cairn_master::core::Master::new(cfg.core.clone(), registry, Some(store));
             tracing::info!(listen = %cfg.listen, registry = %path.display(), "cairn-master serving (standalone: leading)");
-            (cairn_master::http::Shared::new(master), None)
+            (
+                cairn_master::http::Shared::new(master).with_flags(cfg.flags()),
+                None,
+            )
         }
         Some(zk) => {
             let core = &cfg.core;
@@ -118,7 +121,8 @@ async fn main() -> anyhow::Result<()> {
             let election = cairn_master::election::start(Some(zk), info.clone());
             let gate = Gate::contending(info.id, election.detector.leader());
             let standby = cairn_master::core::Master::new(core.clone(), Registry::default(), None);
-            let shared = cairn_master::http::Shared::with_gate(standby, gate);
+            let shared =
+                cairn_master::http::Shared::with_gate(standby, gate).with_flags(cfg.flags());
             let task = tokio::spawn(cairn_master::leadership::run(
                 election,
                 shared.clone(),

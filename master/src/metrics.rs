@@ -30,6 +30,7 @@ pub const COUNTERS: &[&str] = &[
     "master/messages_launch_tasks",
     "master/messages_scheduler_calls",
     "master/offers_rescinded",
+    "master/operator_subscribers_disconnected_stalled",
     "master/offers_sent",
     "master/slave_registrations",
     "master/slave_reregistrations",

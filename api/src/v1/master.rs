@@ -1,13 +1,16 @@
 //! The v1 operator API (`include/mesos/v1/master/master.proto`, `docs/operator-http-api.md`):
-//! the [`Call`]s an operator POSTs to `/api/v1` and the [`Response`]s the master returns.
-//! Only the calls Cairn serves are modelled; other call types fail to parse, naming the value.
+//! the [`Call`]s an operator POSTs to `/api/v1`, the [`Response`]s the master returns, and
+//! the [`Event`]s of a SUBSCRIBE stream. Only the calls Cairn serves are modelled; other call
+//! types fail to parse, naming the value.
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::FrameworkId;
+use crate::ids::{AgentId, FrameworkId};
 use crate::resources::Resource;
+use crate::task_state::TaskState;
 use crate::v1::mesos::{
-    AgentInfo, FrameworkInfo, MasterInfo, Offer, QuotaConfig, Task, TimeInfo, WeightInfo,
+    AgentInfo, FrameworkInfo, MasterInfo, Offer, QuotaConfig, Task, TaskStatus, TimeInfo,
+    WeightInfo,
 };
 
 /// `master::Call.Type` (the subset Cairn serves).
@@ -31,6 +34,7 @@ pub enum CallType {
     GetQuota,
     UpdateQuota,
     Teardown,
+    Subscribe,
 }
 
 /// `master::Call.UpdateWeights`.
@@ -249,6 +253,36 @@ pub struct GetMaster {
     pub elected_time: Option<f64>,
 }
 
+/// `Flag`: one of the master's settings, as GET_FLAGS lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flag {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// `Response.GetFlags`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GetFlags {
+    #[serde(default)]
+    pub flags: Vec<Flag>,
+}
+
+/// `Metric`: one value of the metrics snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+}
+
+/// `Response.GetMetrics`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GetMetrics {
+    #[serde(default)]
+    pub metrics: Vec<Metric>,
+}
+
 /// `master::Response`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
@@ -276,6 +310,10 @@ pub struct Response {
     pub get_master: Option<GetMaster>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub get_quota: Option<GetQuota>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get_flags: Option<GetFlags>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get_metrics: Option<GetMetrics>,
 }
 
 impl Response {
@@ -294,6 +332,176 @@ impl Response {
             get_weights: None,
             get_master: None,
             get_quota: None,
+            get_flags: None,
+            get_metrics: None,
+        }
+    }
+}
+
+/// `master::Event.Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventType {
+    Unknown,
+    Subscribed,
+    TaskAdded,
+    TaskUpdated,
+    AgentAdded,
+    AgentRemoved,
+    FrameworkAdded,
+    FrameworkUpdated,
+    FrameworkRemoved,
+    Heartbeat,
+}
+
+/// `Event.Subscribed`: the first event of a stream, with the whole state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscribed {
+    pub get_state: GetState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_seconds: Option<f64>,
+}
+
+/// `Event.TaskAdded`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAdded {
+    pub task: Task,
+}
+
+/// `Event.TaskUpdated`: `status` is the update that moved the task, `state` its state now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskUpdated {
+    pub framework_id: FrameworkId,
+    pub status: TaskStatus,
+    pub state: TaskState,
+}
+
+/// `Event.AgentAdded`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentAdded {
+    pub agent: Agent,
+}
+
+/// `Event.AgentRemoved`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRemoved {
+    pub agent_id: AgentId,
+}
+
+/// `Event.FrameworkAdded` and `Event.FrameworkUpdated`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameworkEvent {
+    pub framework: Framework,
+}
+
+/// `Event.FrameworkRemoved`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameworkRemoved {
+    pub framework_info: FrameworkInfo,
+}
+
+/// `master::Event`: one record of an operator SUBSCRIBE stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribed: Option<Subscribed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_added: Option<TaskAdded>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_updated: Option<TaskUpdated>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_added: Option<AgentAdded>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_removed: Option<AgentRemoved>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framework_added: Option<FrameworkEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framework_updated: Option<FrameworkEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framework_removed: Option<FrameworkRemoved>,
+}
+
+impl Event {
+    fn of(kind: EventType) -> Self {
+        Self {
+            kind,
+            subscribed: None,
+            task_added: None,
+            task_updated: None,
+            agent_added: None,
+            agent_removed: None,
+            framework_added: None,
+            framework_updated: None,
+            framework_removed: None,
+        }
+    }
+
+    pub fn subscribed(get_state: GetState, heartbeat_interval_seconds: f64) -> Self {
+        Self {
+            subscribed: Some(Subscribed {
+                get_state,
+                heartbeat_interval_seconds: Some(heartbeat_interval_seconds),
+            }),
+            ..Self::of(EventType::Subscribed)
+        }
+    }
+
+    pub fn heartbeat() -> Self {
+        Self::of(EventType::Heartbeat)
+    }
+
+    pub fn task_added(task: Task) -> Self {
+        Self {
+            task_added: Some(TaskAdded { task }),
+            ..Self::of(EventType::TaskAdded)
+        }
+    }
+
+    pub fn task_updated(framework_id: FrameworkId, status: TaskStatus, state: TaskState) -> Self {
+        Self {
+            task_updated: Some(TaskUpdated {
+                framework_id,
+                status,
+                state,
+            }),
+            ..Self::of(EventType::TaskUpdated)
+        }
+    }
+
+    pub fn agent_added(agent: Agent) -> Self {
+        Self {
+            agent_added: Some(AgentAdded { agent }),
+            ..Self::of(EventType::AgentAdded)
+        }
+    }
+
+    pub fn agent_removed(agent_id: AgentId) -> Self {
+        Self {
+            agent_removed: Some(AgentRemoved { agent_id }),
+            ..Self::of(EventType::AgentRemoved)
+        }
+    }
+
+    pub fn framework_added(framework: Framework) -> Self {
+        Self {
+            framework_added: Some(FrameworkEvent { framework }),
+            ..Self::of(EventType::FrameworkAdded)
+        }
+    }
+
+    pub fn framework_updated(framework: Framework) -> Self {
+        Self {
+            framework_updated: Some(FrameworkEvent { framework }),
+            ..Self::of(EventType::FrameworkUpdated)
+        }
+    }
+
+    pub fn framework_removed(framework_info: FrameworkInfo) -> Self {
+        Self {
+            framework_removed: Some(FrameworkRemoved { framework_info }),
+            ..Self::of(EventType::FrameworkRemoved)
         }
     }
 }

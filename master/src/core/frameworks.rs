@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use cairn_api::protocol::AgentEvent;
-use cairn_api::v1::mesos::FrameworkInfo;
+use cairn_api::v1::master;
+use cairn_api::v1::mesos::{FrameworkInfo, TaskStatus};
 use cairn_api::v1::scheduler::{Call, CallType, Event, Subscribe, Subscribed, UpdateFramework};
-use cairn_api::{AgentId, FrameworkId, TaskState};
+use cairn_api::{AgentId, FrameworkId, Reason, Source, TaskState};
 use tokio::sync::mpsc;
 
 use super::{wall_seconds, Master, Outbox};
@@ -146,6 +147,7 @@ impl Master {
                 suppressed: BTreeSet::new(),
             },
         );
+        self.publish_framework(id, true);
         roles
     }
 
@@ -196,6 +198,7 @@ impl Master {
             outbox,
         };
         let suppressed: BTreeSet<String> = sub.suppressed_roles.into_iter().collect();
+        let added = !self.frameworks.contains_key(&id);
         if let Some(f) = self.frameworks.get_mut(&id) {
             if let Some(old) = f.subscription.take() {
                 old.outbox.send(Event::error("Framework failed over"));
@@ -238,6 +241,7 @@ impl Master {
             let list: Vec<String> = suppressed.into_iter().collect();
             self.allocator.suppress(&id, Some(&list));
         }
+        self.publish_framework(&id, added);
         Ok(NewSubscription {
             framework_id: id,
             stream_id,
@@ -264,6 +268,7 @@ impl Master {
         tracing::info!(framework = %fw, failover_timeout = timeout, "framework disconnected");
         self.allocator.deactivate_framework(fw);
         self.recover_framework_offers(fw, now);
+        self.publish_framework(fw, false);
     }
 
     /// Tears down frameworks whose failover timeout elapsed.
@@ -305,6 +310,20 @@ impl Master {
                         .recover(id, &t.agent_id, &t.role, &t.resources, None, now);
                     t.state = TaskState::Killed;
                     self.count_terminal(TaskState::Killed);
+                    let mut status =
+                        TaskStatus::new(key.1.clone(), TaskState::Killed, Source::Master);
+                    status.reason = Some(Reason::FrameworkRemoved);
+                    status.message = Some("Framework removed".into());
+                    status.agent_id = Some(t.agent_id.clone());
+                    status.timestamp = Some(wall_seconds());
+                    t.statuses.push(status.clone());
+                    self.publish(|_| {
+                        Some(master::Event::task_updated(
+                            id.clone(),
+                            status,
+                            TaskState::Killed,
+                        ))
+                    });
                 }
                 self.push_completed_task(t);
             }
@@ -319,6 +338,7 @@ impl Master {
         if let Some(mut f) = self.frameworks.remove(id) {
             f.subscription = None;
             f.unregistered_time = Some(wall_seconds());
+            self.publish(|_| Some(master::Event::framework_removed(f.info.clone())));
             self.completed_frameworks.push_back(f);
             while self.completed_frameworks.len() > self.cfg.max_completed_frameworks {
                 self.completed_frameworks.pop_front();
@@ -350,6 +370,7 @@ impl Master {
         if !u.suppressed_roles.is_empty() {
             self.allocator.suppress(id, Some(&u.suppressed_roles));
         }
+        self.publish_framework(id, false);
         Ok(())
     }
 

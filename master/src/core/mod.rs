@@ -8,6 +8,7 @@
 mod agents;
 mod frameworks;
 mod offers;
+mod operator;
 mod tasks;
 pub mod validation;
 pub mod views;
@@ -78,6 +79,35 @@ impl Default for CoreConfig {
     }
 }
 
+impl CoreConfig {
+    /// The core's settings as GET_FLAGS lists them, named as the config file names them.
+    pub fn flags(&self) -> Vec<cairn_api::v1::master::Flag> {
+        let secs = |d: Duration| d.as_secs_f64().to_string();
+        let mut flags = vec![
+            ("agent_timeout_secs", secs(self.agent_timeout)),
+            (
+                "agent_reregister_timeout_secs",
+                secs(self.agent_reregister_timeout),
+            ),
+            ("agent_heartbeat_secs", secs(self.agent_heartbeat)),
+            ("framework_heartbeat_secs", secs(self.framework_heartbeat)),
+            ("subscriber_queue", self.subscriber_queue.to_string()),
+            ("hostname", self.hostname.clone()),
+            ("advertise_ip", self.ip.to_string()),
+        ];
+        if let Some(t) = self.offer_timeout {
+            flags.push(("offer_timeout_secs", secs(t)));
+        }
+        flags
+            .into_iter()
+            .map(|(name, value)| cairn_api::v1::master::Flag {
+                name: name.into(),
+                value: Some(value),
+            })
+            .collect()
+    }
+}
+
 /// Counters for `/metrics/snapshot` (Mesos's names live in [`views`]).
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
@@ -96,6 +126,7 @@ pub struct Counters {
     /// Tasks that reached each terminal state (by Mesos name), since the master started:
     /// Mesos's `master/tasks_finished`, `master/tasks_failed`, ... counters.
     pub tasks_terminal: BTreeMap<&'static str, u64>,
+    pub operator_subscribers_disconnected_stalled: u64,
     pub messages_scheduler_calls: u64,
     pub messages_agent_calls: u64,
 }
@@ -117,6 +148,11 @@ impl<E> Outbox<E> {
     pub fn send(&self, event: E) -> bool {
         self.tx.try_send(event).is_ok()
     }
+
+    /// The subscriber went away (its stream was dropped).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 /// The master.
@@ -132,6 +168,8 @@ pub struct Master {
     pub(crate) offers: HashMap<OfferId, OfferEntry>,
     pub(crate) tasks: BTreeMap<(FrameworkId, TaskId), TaskEntry>,
     pub(crate) completed_tasks: VecDeque<TaskEntry>,
+    /// Operator SUBSCRIBE streams ([`operator`]).
+    operators: Vec<Outbox<cairn_api::v1::master::Event>>,
     pub(crate) allocator: Allocator,
     pub(crate) registry: Registry,
     store: Option<Box<dyn RegistryStore>>,
@@ -224,6 +262,7 @@ impl Master {
             offers: HashMap::new(),
             tasks: BTreeMap::new(),
             completed_tasks: VecDeque::new(),
+            operators: Vec::new(),
             allocator,
             registry,
             store: store.map(|s| Box::new(s) as Box<dyn RegistryStore>),
@@ -266,8 +305,10 @@ impl Master {
     /// heartbeats. Called by the runtime every allocation interval; between ticks, changes
     /// only trigger (batched) [`Master::allocate`] cycles.
     pub fn tick(&mut self, now: Instant) {
+        let watched = self.active_agents_watched();
         self.check_agents(now);
         self.close_reregistration_window(now);
+        self.publish_removed_agents(watched);
         self.expire_frameworks(now);
         self.expire_offers(now);
         if now.duration_since(self.last_heartbeat) >= self.cfg.framework_heartbeat {
@@ -289,6 +330,7 @@ impl Master {
                 }
             }
         }
+        self.publish(|_| Some(cairn_api::v1::master::Event::heartbeat()));
     }
 
     /// Ends every subscriber stream (frameworks and agents) by dropping its queue, as the
@@ -301,6 +343,7 @@ impl Master {
         for a in self.agents.values_mut() {
             a.conn = None;
         }
+        self.operators.clear();
     }
 
     /// Sends `event` to a framework's stream; a gone or stalled subscriber is disconnected.

@@ -40,7 +40,7 @@ impl Master {
     ) {
         let key = (fw.clone(), info.task_id.clone());
         self.tasks.insert(
-            key,
+            key.clone(),
             TaskEntry {
                 framework_id: fw,
                 agent_id: agent,
@@ -52,6 +52,7 @@ impl Master {
                 latest_uuid: None,
             },
         );
+        self.publish_task_added(&key);
     }
 
     /// Counts a task reaching the terminal `state` (`master/tasks_<state>`).
@@ -93,6 +94,7 @@ impl Master {
                 .recover(&key.0, &agent, &role, &res, None, now);
             self.count_terminal(state);
         }
+        self.publish_task_updated(key);
     }
 
     /// A master-generated update (no uuid: not acknowledged) moving a task to `state`.

@@ -40,7 +40,7 @@ pub fn resources_object(r: &Resources) -> Value {
     Value::Object(m)
 }
 
-fn task_view(t: &TaskEntry) -> Task {
+pub(crate) fn task_view(t: &TaskEntry) -> Task {
     Task {
         name: t.info.name.clone(),
         task_id: t.info.task_id.clone(),
@@ -102,30 +102,35 @@ impl Master {
         }
     }
 
+    /// An agent as GET_AGENTS and AGENT_ADDED show it.
+    pub(crate) fn agent_view(&self, a: &Agent) -> op::Agent {
+        op::Agent {
+            agent_info: Self::agent_info(a),
+            active: a.connected(),
+            deactivated: !a.connected(),
+            version: Some(a.info.version.clone()),
+            pid: Some(format!("slave(1)@{}", a.info.address)),
+            registered_time: Some(time_info(a.registered_time)),
+            reregistered_time: a.reregistered_time.map(time_info),
+            total_resources: a.total.to_wire(),
+            allocated_resources: self.used_on(&a.id).to_wire(),
+            offered_resources: self.offered_on(&a.id).to_wire(),
+        }
+    }
+
     pub fn get_agents(&self) -> op::GetAgents {
         op::GetAgents {
             agents: self
                 .agents
                 .values()
                 .filter(|a| a.health == AgentHealth::Active)
-                .map(|a| op::Agent {
-                    agent_info: Self::agent_info(a),
-                    active: a.connected(),
-                    deactivated: !a.connected(),
-                    version: Some(a.info.version.clone()),
-                    pid: Some(format!("slave(1)@{}", a.info.address)),
-                    registered_time: Some(time_info(a.registered_time)),
-                    reregistered_time: a.reregistered_time.map(time_info),
-                    total_resources: a.total.to_wire(),
-                    allocated_resources: self.used_on(&a.id).to_wire(),
-                    offered_resources: self.offered_on(&a.id).to_wire(),
-                })
+                .map(|a| self.agent_view(a))
                 .collect(),
             recovered_agents: Vec::new(),
         }
     }
 
-    fn framework_view(&self, f: &Framework) -> op::Framework {
+    pub(crate) fn framework_view(&self, f: &Framework) -> op::Framework {
         op::Framework {
             framework_info: f.info.clone(),
             active: f.connected(),
@@ -502,6 +507,14 @@ impl Master {
             self.frameworks.values().filter(|f| !f.connected()).count() as f64,
         );
         put("master/outstanding_offers", self.offers.len() as f64);
+        put(
+            "master/operator_event_stream_subscribers",
+            self.operator_subscribers() as f64,
+        );
+        put(
+            "master/operator_subscribers_disconnected_stalled",
+            self.counters.operator_subscribers_disconnected_stalled as f64,
+        );
         // As Mesos: live states are gauges of the tasks in them now, terminal states count
         // the tasks that ever reached them (the completed-task list is bounded).
         let mut by_state: BTreeMap<&str, f64> =
