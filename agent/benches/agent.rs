@@ -2,6 +2,7 @@
 //!
 //!     cargo bench -p cairn-agent --bench agent             # as root
 //!     cargo bench -p cairn-agent --bench agent -- 300      # 300 sleeping tasks for the RSS part
+//!     cargo bench -p cairn-agent --bench agent -- --short-only 300   # only 300 short host tasks
 //!
 //! Prints launch-to-RUNNING latency of a cached image, the time to run 1000 short tasks on one
 //! containerizer (host filesystem and cached image), the agent daemon's idle RSS and its RSS
@@ -265,11 +266,26 @@ fn main() {
         println!("agent bench: skipped (needs root for cgroups, mounts and namespaces)");
         return;
     }
-    let sleepers: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(1000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sleepers: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(1000);
     let b = Bench::new();
+    // `--short-only N`: just N short host-filesystem tasks, for profiling that part.
+    if let Some(i) = args.iter().position(|a| a == "--short-only") {
+        let n = args
+            .get(i + 1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(SHORT_TASKS);
+        let (c, _) = Containerizer::start(b.config.clone()).unwrap();
+        let (took, ok) = run_short(&c, n, &|i| {
+            b.request(&format!("short-{i}"), false, &["/bin/true"])
+        });
+        println!(
+            "{n} tasks (host filesystem, /bin/true), {CONCURRENCY} in flight: {:.2} s, {:.0} tasks/s, {ok} finished",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
+        return;
+    }
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut row = |name: &str, value: String| {
         println!("{name:<58} {value}");

@@ -6,9 +6,12 @@
 //! It is synchronous: [`Containerizer::launch`] blocks until the task runs or failed (call it
 //! from a blocking thread), and one monitor thread notices exits (the supervisors' exit files)
 //! and limitations: pushed by isolators that [`Isolator::subscribe`] offers (an OOM kill, as the
-//! kernel reports it) on one thread each, and polled with `watch` as the fallback. Every state is checkpointed before it is acted on
-//! ([`crate::checkpoint`]), so [`Containerizer::start`] can recover after the agent died:
-//! containers keep running under their supervisors meanwhile.
+//! kernel reports it) on one thread each, and polled with `watch` as the fallback. Every state
+//! but PREPARING is checkpointed before it is acted on ([`crate::checkpoint`]), so
+//! [`Containerizer::start`] can recover after the agent died: containers keep running under
+//! their supervisors meanwhile. (Recovery destroys a PREPARING container as it destroys a
+//! PROVISIONING one, so that state is kept in memory only; the cgroup path goes with ISOLATING. A
+//! container's life writes its checkpoint six times, each a new file, fsyncs and a rename.)
 
 pub mod bundle;
 mod isolation;
@@ -95,6 +98,14 @@ impl ContainerizerConfig {
             log_max_files: 2,
         }
     }
+}
+
+/// Whether a change of a container's record is written to its checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persist {
+    Checkpoint,
+    /// In memory only: a later checkpoint carries it, or recovery does not need it.
+    MemoryOnly,
 }
 
 /// One container as the containerizer tracks it.
@@ -413,28 +424,62 @@ impl Inner {
         id: &ContainerId,
         f: impl FnOnce(&mut ContainerCheckpoint),
     ) -> Option<ContainerCheckpoint> {
+        self.change(id, f, Persist::Checkpoint)
+    }
+
+    /// Changes the record under the lock; writes the checkpoint if `persist` says so.
+    fn change(
+        &self,
+        id: &ContainerId,
+        f: impl FnOnce(&mut ContainerCheckpoint),
+        persist: Persist,
+    ) -> Option<ContainerCheckpoint> {
         let record = {
             let mut containers = lock(&self.containers);
             let entry = containers.get_mut(id)?;
             f(&mut entry.record);
             entry.record.clone()
         };
-        if let Err(e) = checkpoint::write(&self.layout.container_file(id), &record) {
-            tracing::error!(container = %id, error = %e, "checkpoint failed");
+        if persist == Persist::Checkpoint {
+            if let Err(e) = checkpoint::write(&self.layout.container_file(id), &record) {
+                tracing::error!(container = %id, error = %e, "checkpoint failed");
+            }
         }
         self.changed.notify_all();
         Some(record)
     }
 
-    /// Moves the container to `next` if the state machine allows it.
+    /// The record as it is now (no checkpoint written).
+    fn current(&self, id: &ContainerId) -> Option<ContainerCheckpoint> {
+        lock(&self.containers).get(id).map(|e| e.record.clone())
+    }
+
+    /// Moves the container to `next` if the state machine allows it (checkpointed).
     fn transition(&self, id: &ContainerId, next: ContainerState) -> bool {
+        self.transition_with(id, next, |_| {}, Persist::Checkpoint)
+    }
+
+    /// Moves the container to `next` if the state machine allows it, applying `change` to
+    /// the record in the same step (one checkpoint write for both).
+    fn transition_with(
+        &self,
+        id: &ContainerId,
+        next: ContainerState,
+        change: impl FnOnce(&mut ContainerCheckpoint),
+        persist: Persist,
+    ) -> bool {
         let mut allowed = false;
-        let record = self.update(id, |r| {
-            allowed = r.state.can_become(next);
-            if allowed {
-                r.state = next;
-            }
-        });
+        let record = self.change(
+            id,
+            |r| {
+                allowed = r.state.can_become(next);
+                if allowed {
+                    r.state = next;
+                    change(r);
+                }
+            },
+            persist,
+        );
         if let (true, Some(r)) = (allowed, record) {
             self.emit(&Event::Container {
                 container: id.clone(),
@@ -522,7 +567,9 @@ impl Inner {
             None => (None, provision::host_rootfs(&record.bundle)?),
         };
         // Preparing: every isolator; destroy cleans all of them up whatever happens here.
-        self.transition(id, ContainerState::Preparing);
+        // Not checkpointed: recovery destroys a PREPARING container exactly as a PROVISIONING
+        // one, so the write would only cost a launch (each is a file created and fsynced).
+        self.transition_with(id, ContainerState::Preparing, |_| {}, Persist::MemoryOnly);
         let mut preparation = Preparation::default();
         for iso in &self.isolators {
             let prepared = iso.prepare(id, &record.limits).map_err(|e| {
@@ -534,7 +581,8 @@ impl Inner {
             .cgroup_path
             .clone()
             .map_or_else(|| default_cgroup(&self.config.cgroups, id), PathBuf::from);
-        self.update(id, |r| r.cgroup = Some(cgroup.clone()));
+        // Checkpointed with ISOLATING below, before anything uses it.
+        self.change(id, |r| r.cgroup = Some(cgroup.clone()), Persist::MemoryOnly);
         bundle::render(&bundle::BundleInput {
             id,
             task_id: &request.task_id,
@@ -739,7 +787,7 @@ impl Inner {
             }
         }
         self.transition(id, ContainerState::Destroying);
-        let Some(record) = self.update(id, |_| {}) else {
+        let Some(record) = self.current(id) else {
             return;
         };
         let exit_file = self.layout.exit_file(id);
