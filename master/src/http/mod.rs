@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -21,15 +21,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use cairn_api::protocol::{AgentCall, AgentCallType};
-use cairn_api::recordio;
 use cairn_api::v1::master as op;
 use cairn_api::v1::scheduler::{Call, CallType};
 use cairn_api::FrameworkId;
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::core::{AgentError, AgentReply, Master, SchedulerError, MESOS_API_VERSION};
 use crate::leadership::{Gate, Route};
+
+mod operator;
+mod stream;
+
+use operator::operator;
+use stream::event_stream;
 
 /// The master shared between request handlers and the allocation task.
 #[derive(Debug, Clone)]
@@ -263,97 +268,6 @@ fn check_media(headers: &HeaderMap) -> Result<(), Box<Response>> {
     Ok(())
 }
 
-/// Runs `on_close` when the response body (the event stream) is dropped: the client went
-/// away, or the core closed the queue.
-struct CloseGuard<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for CloseGuard<F> {
-    fn drop(&mut self) {
-        (self.0)();
-    }
-}
-
-/// A chunked body of RecordIO-framed JSON events from `rx`.
-fn event_stream<E: Serialize + Send + 'static>(
-    mut rx: mpsc::Receiver<E>,
-    on_close: impl FnMut() + Send + 'static,
-) -> Body {
-    let guard = CloseGuard(on_close);
-    let stream = async_stream(move |tx| async move {
-        let _guard = guard;
-        loop {
-            // Waiting only on `rx` would notice a client that went away at the next event,
-            // which can be a whole heartbeat interval later; `tx.closed()` fires as soon as
-            // hyper drops the body on the connection's EOF.
-            let event = tokio::select! {
-                event = rx.recv() => event,
-                () = tx.closed() => None,
-            };
-            let Some(event) = event else { break };
-            // Events already queued go out in the same chunk: one write and one wakeup of
-            // the connection for a burst (thousands of UPDATEs a second), not one each.
-            let mut frame = Vec::new();
-            append_record(&mut frame, &event);
-            while frame.len() < MAX_FRAME {
-                let Ok(event) = rx.try_recv() else { break };
-                append_record(&mut frame, &event);
-            }
-            if frame.is_empty() {
-                continue;
-            }
-            if tx.send(Ok(Bytes::from(frame))).await.is_err() {
-                break;
-            }
-        }
-    });
-    Body::from_stream(stream)
-}
-
-/// Queued events coalesced into one chunk stop at this size (the chunk may end up one
-/// event larger).
-const MAX_FRAME: usize = 64 * 1024;
-
-/// Appends `event` as one RecordIO record of JSON (an event that fails to serialize, which
-/// the wire types never do, is skipped).
-fn append_record(frame: &mut Vec<u8>, event: &impl Serialize) {
-    if let Ok(json) = serde_json::to_vec(event) {
-        frame.extend_from_slice(&recordio::encode(&json));
-    }
-}
-
-/// A tiny generator: `f` feeds a channel whose receiving end is the stream.
-fn async_stream<F, Fut>(f: F) -> tokio_stream_shim::ReceiverStream
-where
-    F: FnOnce(mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    // One frame in flight: back-pressure reaches the core's bounded queue, which then
-    // detects a stalled client (MESOS-7748).
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(f(tx));
-    tokio_stream_shim::ReceiverStream(rx)
-}
-
-mod tokio_stream_shim {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use axum::body::Bytes;
-    use tokio::sync::mpsc;
-
-    /// `tokio_stream::wrappers::ReceiverStream`, without the extra crate.
-    #[derive(Debug)]
-    pub struct ReceiverStream(pub mpsc::Receiver<Result<Bytes, std::io::Error>>);
-
-    impl futures_core::Stream for ReceiverStream {
-        type Item = Result<Bytes, std::io::Error>;
-
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            self.0.poll_recv(cx)
-        }
-    }
-}
-
 async fn scheduler(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = check_media(&headers) {
         return *r;
@@ -477,129 +391,6 @@ fn agent_error(e: &AgentError) -> Response {
         AgentError::Gone(_) => StatusCode::CONFLICT,
     };
     text(status, e.to_string())
-}
-
-async fn operator(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = check_media(&headers) {
-        return *r;
-    }
-    let call: op::Call = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("Failed to convert JSON into Call protobuf: {e}"),
-            )
-        }
-    };
-    let now = Instant::now();
-    if call.kind == op::CallType::Subscribe {
-        let events = shared.lock().operator_subscribe();
-        let mut resp = Response::new(event_stream(events, || {}));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return resp;
-    }
-    let mut m = shared.lock();
-    let mut r = op::Response::new(call.kind);
-    match call.kind {
-        op::CallType::Subscribe => unreachable!("answered with a stream above"),
-        op::CallType::GetFlags => {
-            let flags = match &shared.flags {
-                Some(f) => f.as_ref().clone(),
-                None => m.config().flags(),
-            };
-            r.get_flags = Some(op::GetFlags { flags });
-        }
-        op::CallType::GetMetrics => {
-            let mut snapshot = m.metrics_snapshot();
-            shared.gate().add_metrics(&mut snapshot);
-            r.get_metrics = Some(op::GetMetrics {
-                metrics: snapshot
-                    .into_iter()
-                    .map(|(name, value)| op::Metric {
-                        name,
-                        value: Some(value),
-                    })
-                    .collect(),
-            });
-        }
-        op::CallType::GetHealth => r.get_health = Some(op::GetHealth { healthy: true }),
-        op::CallType::GetVersion => {
-            r.get_version = Some(op::GetVersion {
-                version_info: version_info(),
-            });
-        }
-        op::CallType::GetState => r.get_state = Some(m.get_state()),
-        op::CallType::GetAgents => r.get_agents = Some(m.get_agents()),
-        op::CallType::GetFrameworks => r.get_frameworks = Some(m.get_frameworks()),
-        op::CallType::GetExecutors => r.get_executors = Some(op::GetExecutors::default()),
-        op::CallType::GetTasks => r.get_tasks = Some(m.get_tasks()),
-        op::CallType::GetRoles => r.get_roles = Some(m.get_roles()),
-        op::CallType::GetWeights => r.get_weights = Some(m.get_weights()),
-        op::CallType::GetQuota => r.get_quota = Some(m.get_quota()),
-        op::CallType::GetMaster => r.get_master = Some(m.get_master()),
-        op::CallType::UpdateWeights => {
-            let Some(u) = call.update_weights else {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "Expecting 'update_weights' to be present",
-                );
-            };
-            shared.request_allocation();
-            return match m.update_weights(&u.weight_infos) {
-                Ok(()) => StatusCode::OK.into_response(),
-                Err(e) => text(StatusCode::BAD_REQUEST, e.0),
-            };
-        }
-        op::CallType::UpdateQuota => {
-            let Some(u) = call.update_quota else {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "Expecting 'update_quota' to be present",
-                );
-            };
-            shared.request_allocation();
-            return match m.update_quota(&u.quota_configs) {
-                Ok(()) => StatusCode::OK.into_response(),
-                Err(e) => text(StatusCode::BAD_REQUEST, e.0),
-            };
-        }
-        op::CallType::Teardown => {
-            let Some(t) = call.teardown else {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "Expecting 'teardown' to be present",
-                );
-            };
-            shared.request_allocation();
-            return if m.remove_framework(&t.framework_id, now) {
-                StatusCode::OK.into_response()
-            } else {
-                text(
-                    StatusCode::BAD_REQUEST,
-                    format!("No framework found with specified ID: {}", t.framework_id),
-                )
-            };
-        }
-        op::CallType::Unknown => {
-            return text(StatusCode::BAD_REQUEST, "Expecting 'type' to be present");
-        }
-    }
-    drop(m);
-    json_response(&r)
-}
-
-fn version_info() -> op::VersionInfo {
-    op::VersionInfo {
-        version: MESOS_API_VERSION.into(),
-        build_date: None,
-        build_time: Some(0.0),
-        build_user: None,
-        git_sha: None,
-    }
 }
 
 async fn version() -> Response {
