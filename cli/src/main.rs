@@ -8,6 +8,7 @@ mod http;
 mod images;
 mod inspect;
 mod leader;
+mod pull_progress;
 mod run;
 mod scheduler;
 mod size;
@@ -134,6 +135,9 @@ enum Command {
         /// Resources the agent offers instead of the measured ones, e.g. `cpus:2;mem:2048`.
         #[arg(long)]
         resources: Option<String>,
+        /// A registry (`host:port`) the agent pulls from over plain HTTP (repeatable).
+        #[arg(long, value_name = "HOST:PORT")]
+        insecure_registry: Vec<String>,
         /// Log the master's and the agent's info messages (warnings only otherwise).
         #[arg(long, short = 'v')]
         verbose: bool,
@@ -246,6 +250,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             agent_port,
             import,
             resources,
+            insecure_registry,
             verbose,
         } => {
             return dev::run(&dev::DevOptions {
@@ -254,6 +259,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 agent_port,
                 import,
                 resources,
+                insecure_registries: insecure_registry,
                 verbose,
             })
         }

@@ -20,6 +20,7 @@ use cairn_api::{AgentId, Reason, Resources, TaskId, TaskState};
 
 use crate::cluster::{self, Sandbox, Tail};
 use crate::http::Endpoint;
+use crate::pull_progress::PullProgress;
 use crate::scheduler::{Scheduler, StreamItem};
 
 /// Seconds declined offers are not offered again (Mesos's `Filters.refuse_seconds`).
@@ -300,6 +301,8 @@ pub fn run(
     let mut launched_on: Option<AgentId> = None;
     let mut largest: Option<Resources> = None;
     let mut output = Output::default();
+    // Until the task runs or ends: the image pull's progress, if it has an image.
+    let mut pull = spec.image.as_deref().map(PullProgress::new);
     let mut kill_sent = false;
     loop {
         if interrupted.load(Ordering::SeqCst) {
@@ -336,6 +339,9 @@ pub fn run(
                 describe(&want),
                 spec.timeout.as_secs()
             );
+        }
+        if let (Some(agent), Some(pull)) = (&launched_on, pull.as_mut()) {
+            pull.poll(&mut master, agent);
         }
         if launched_on.is_some() && !spec.detach {
             output.poll(&mut master, &task_id.value, false);
@@ -405,6 +411,11 @@ pub fn run(
                 let status = update.status;
                 if status.task_id != task_id {
                     continue;
+                }
+                if status.state == TaskState::Running || status.state.is_terminal() {
+                    if let Some(mut pull) = pull.take() {
+                        pull.finish();
+                    }
                 }
                 let mut line = format!("task {} {}", task_id.value, status.state.as_str());
                 if let Some(m) = status.message.as_deref().filter(|m| !m.is_empty()) {

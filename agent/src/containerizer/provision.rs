@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 
 use cairn_oci::extract::LayerCache;
 use cairn_oci::reference::Reference;
-use cairn_oci::registry::{Progress, Puller, RegistryConfig};
+use cairn_oci::registry::{Puller, RegistryConfig};
 use cairn_oci::rootfs::{Rootfs, RootfsMode, RootfsOptions};
 use cairn_oci::store::{Image, Store};
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
 
 use super::types::Termination;
+
+pub mod pulls;
 
 /// The root filesystem directory in a bundle (as `oci::rootfs` lays it out).
 pub const ROOTFS_DIR: &str = "rootfs";
@@ -48,7 +50,8 @@ pub fn image(
         .enable_all()
         .build()
         .map_err(|e| Termination::launch_failed(format!("pull {reference}: {e}")))?;
-    rt.block_on(puller.ensure(&reference, &Progress::none()))
+    let (progress, _pull) = pulls::track(&reference.to_string());
+    rt.block_on(puller.ensure(&reference, &progress))
         .map(|p| p.image)
         .map_err(|e| Termination::launch_failed(format!("failed to pull image {reference}: {e}")))
 }

@@ -8,6 +8,8 @@
 //! - `/files/read`, `/files/browse`: sandbox files, confined to the sandboxes ([`files`]);
 //! - `/images`: the images in the agent's store, `{"images": [{reference, digest, layers,
 //!   size}]}` (`cairn images`);
+//! - `/pulls`: image pulls in progress, `{"pulls": [{reference, layers, layers_done,
+//!   bytes_total, bytes_done, started}]}` (`cairn run`'s progress);
 //! - `/health`: 200 while the agent serves.
 
 pub mod files;
@@ -117,6 +119,7 @@ pub fn router(state: AgentHttpState) -> Router {
         .route("/files/read", get(get_read))
         .route("/files/browse", get(get_browse))
         .route("/images", get(get_images))
+        .route("/pulls", get(get_pulls))
         .with_state(state)
 }
 
@@ -150,6 +153,11 @@ async fn get_images(State(s): State<AgentHttpState>) -> Response {
             .into_response(),
         Err(r) => r,
     }
+}
+
+async fn get_pulls() -> Response {
+    let pulls = crate::containerizer::provision::pulls::in_progress();
+    Json(serde_json::json!({ "pulls": pulls })).into_response()
 }
 
 async fn get_statistics(State(s): State<AgentHttpState>) -> Response {

@@ -41,6 +41,8 @@ pub struct DevOptions {
     pub import: Vec<PathBuf>,
     /// Resources the agent offers instead of the measured ones (Mesos text form).
     pub resources: Option<String>,
+    /// Registries the agent pulls from over plain HTTP (`host:port`).
+    pub insecure_registries: Vec<String>,
     /// Log the daemons' info messages (warnings only otherwise; `RUST_LOG` wins).
     pub verbose: bool,
 }
@@ -256,6 +258,7 @@ fn agent_config(
         drain_on_sigterm: Some(true),
         registration_backoff: Some(0.2),
         kill_grace: Some(2.0),
+        insecure_registries: Some(opts.insecure_registries.clone()),
         ..Default::default()
     };
     Ok(args.load()?)
