@@ -97,3 +97,44 @@ mod tokio_stream_shim {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use futures_core::Stream as _;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn queued_events_leave_in_one_chunk_in_order_and_the_end_is_reported() {
+        let (tx, rx) = mpsc::channel(8);
+        for n in 0..3 {
+            tx.try_send(json!({"n": n})).unwrap();
+        }
+        drop(tx);
+        let closed = Arc::new(AtomicBool::new(false));
+        let on_close = closed.clone();
+        let mut data =
+            event_stream(rx, move || on_close.store(true, Ordering::SeqCst)).into_data_stream();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut data).poll_next(cx)).await {
+            chunks.push(chunk.unwrap());
+        }
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        let records = recordio::Decoder::new(1 << 20).feed(&chunks[0]).unwrap();
+        let events: Vec<Value> = records
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect();
+        assert_eq!(
+            events,
+            vec![json!({"n": 0}), json!({"n": 1}), json!({"n": 2})]
+        );
+        drop(data);
+        assert!(closed.load(Ordering::SeqCst));
+    }
+}
