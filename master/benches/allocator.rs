@@ -4,14 +4,17 @@
 //! `cargo bench -p cairn-master --bench allocator` (add `-- --quick` for fewer cycles).
 //!
 //! Agents have `cpus:8;mem:32768`. Frameworks spread over one role per ten frameworks
-//! (weights 1 to 3). Two workloads:
+//! (weights 1 to 3). Three workloads:
 //! - **mixed**: odd frameworks accept part of each offer (up to 4 tasks of `cpus:1;mem:2048`
 //!   while under their share of half the cluster), tasks end after 5 to 14 s; everything
 //!   not launched is declined with a 5 s filter (Mesos's default `refuse_seconds`).
 //! - **decline**: every framework declines every offer with a 5 s filter (Mesos's
 //!   DeclineOffers benchmark, with the default filter rather than a long one).
+//! - **event**: the master's event-driven cycles: frameworks keep every offer, and before each
+//!   cycle (5 simulated ms apart) the offers on 10 agents come back; the cycle offers them
+//!   again and passes the other agents, which have nothing free.
 //!
-//! A cycle runs every simulated second. After warm-up cycles, the table reports the median
+//! A mixed or decline cycle runs every simulated second. After warm-up cycles, the table reports the median
 //! and the worst of the measured `allocate()` calls (the simulated frameworks' replies are
 //! not timed), and the offers made per cycle.
 
@@ -139,6 +142,59 @@ fn run(agents: usize, frameworks: usize, workload: Workload, warm: u64, measured
     }
 }
 
+/// Event-driven cycles: every framework keeps what it is offered, and between two cycles
+/// (5 ms apart) the offers on `changed` agents come back, as after a few finished tasks or
+/// declines; the cycle offers them again. Times each cycle after the first (full) one.
+fn run_event(agents: usize, frameworks: usize, changed: usize, warm: u64, measured: u64) -> Row {
+    let setup = Instant::now();
+    let mut a = Allocator::new(AllocatorConfig::default());
+    for i in 0..agents {
+        a.add_agent(
+            AgentId::new(format!("agent-{i:06}")),
+            res("cpus:8;mem:32768"),
+            Vec::new(),
+        );
+    }
+    for j in 0..frameworks {
+        a.add_framework(
+            FrameworkId::new(format!("fw-{j:05}")),
+            vec![format!("role-{:04}", j % (frameworks / 10).max(1))],
+            Vec::new(),
+        );
+    }
+    let setup = setup.elapsed();
+    let t0 = Instant::now();
+    let mut held: Vec<Allocation> = a.allocate(t0);
+    let (mut times, mut offers_made) = (Vec::new(), 0);
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for cycle in 1..=warm + measured {
+        let now = t0 + Duration::from_millis(5 * cycle);
+        for _ in 0..changed {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            #[allow(clippy::cast_possible_truncation)]
+            let o = held.swap_remove(seed as usize % held.len());
+            a.recover(&o.framework, &o.agent, &o.role, &o.resources, None, now);
+        }
+        let started = Instant::now();
+        let offers = a.allocate(now);
+        let took = started.elapsed();
+        if cycle > warm {
+            times.push(took);
+            offers_made += offers.len();
+        }
+        held.extend(offers);
+    }
+    times.sort();
+    Row {
+        median: times[times.len() / 2],
+        worst: times[times.len() - 1],
+        offers: offers_made / usize::try_from(measured).unwrap_or(1),
+        setup,
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -153,16 +209,29 @@ fn main() {
     println!();
     println!("| agents x frameworks | workload | median ms | worst ms | offers/cycle | setup ms |");
     println!("|---|---|---:|---:|---:|---:|");
+    let print = |agents: usize, frameworks: usize, name: &str, row: &Row| {
+        println!(
+            "| {agents} x {frameworks} | {name} | {:.3} | {:.3} | {} | {:.0} |",
+            ms(row.median),
+            ms(row.worst),
+            row.offers,
+            ms(row.setup)
+        );
+    };
     for (agents, frameworks) in [(1000, 100), (10_000, 1000), (50_000, 200)] {
         for (workload, name) in [(Workload::Mixed, "mixed"), (Workload::Decline, "decline")] {
-            let row = run(agents, frameworks, workload, warm, measured);
-            println!(
-                "| {agents} x {frameworks} | {name} | {:.2} | {:.2} | {} | {:.0} |",
-                ms(row.median),
-                ms(row.worst),
-                row.offers,
-                ms(row.setup)
+            print(
+                agents,
+                frameworks,
+                name,
+                &run(agents, frameworks, workload, warm, measured),
             );
         }
+        print(
+            agents,
+            frameworks,
+            "event (10 agents changed)",
+            &run_event(agents, frameworks, 10, warm, measured),
+        );
     }
 }
