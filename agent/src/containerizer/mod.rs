@@ -14,6 +14,7 @@
 //! container's life writes its checkpoint six times, each a new file, fsyncs and a rename.)
 
 pub mod bundle;
+mod exit_watch;
 mod isolation;
 pub mod provision;
 mod recover;
@@ -132,6 +133,8 @@ struct Inner {
     containers: Mutex<HashMap<ContainerId, Entry>>,
     changed: Condvar,
     listeners: Mutex<Vec<mpsc::Sender<Event>>>,
+    /// Wakes the monitor when a supervisor writes an exit file.
+    exit_watch: Option<exit_watch::ExitWatch>,
     stop: AtomicBool,
     /// The work directory's lock, held while this containerizer lives.
     _lock: fs::File,
@@ -237,6 +240,7 @@ impl Containerizer {
             containers: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
             listeners: Mutex::new(Vec::new()),
+            exit_watch: exit_watch::ExitWatch::new(),
             stop: AtomicBool::new(false),
         });
         let recovery = recover::recover(&inner)?;
@@ -449,6 +453,13 @@ impl Inner {
         Some(record)
     }
 
+    /// Have the monitor woken when this container's exit file appears.
+    fn watch_exit(&self, id: &ContainerId) {
+        if let Some(w) = &self.exit_watch {
+            w.watch(&self.layout.container_meta(id));
+        }
+    }
+
     /// The record as it is now (no checkpoint written).
     fn current(&self, id: &ContainerId) -> Option<ContainerCheckpoint> {
         lock(&self.containers).get(id).map(|e| e.record.clone())
@@ -516,6 +527,8 @@ impl Inner {
             },
         );
         self.update(id, |_| {});
+        // The checkpoint made the directory the supervisor will write the exit file into.
+        self.watch_exit(id);
         self.emit(&Event::Container {
             container: id.clone(),
             task: request.task_id.clone(),
@@ -881,7 +894,12 @@ fn monitor(inner: &Weak<Inner>, interval: Duration) {
             return;
         }
         inner.poll();
+        // Until an exit file appears or the interval passes (held at most `interval`: a
+        // dropped containerizer joins this thread after setting `stop`).
+        match &inner.exit_watch {
+            Some(w) => w.wait(interval),
+            None => std::thread::sleep(interval),
+        }
         drop(inner);
-        std::thread::sleep(interval);
     }
 }

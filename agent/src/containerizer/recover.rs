@@ -108,6 +108,7 @@ pub(super) fn recover(inner: &Arc<Inner>) -> Result<Recovery, ContainerizerError
         insert(inner, record);
         match state {
             ContainerState::Running if !exited && supervised => {
+                inner.watch_exit(&id);
                 recovery.adopted.push((id, task));
                 continue;
             }
