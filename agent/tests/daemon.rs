@@ -924,6 +924,32 @@ fn recovery_destroys_containers_no_task_knows_and_state_keeps_frameworks() {
         d.latest("kept") == Some(TaskState::Killed)
     });
     setup.wait_streams_done();
+    // Acknowledged and its container forgotten, the ended task stays in `/state` as a
+    // completed one, under its framework and with its sandbox, so `cairn logs` finds it.
+    let state = setup.state();
+    let completed: Vec<(String, String, String)> = state["completed_frameworks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            f["completed_executors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                    (s(&f["id"]), s(&e["id"]), s(&e["directory"]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        completed
+            .iter()
+            .any(|(fw, task, dir)| fw == "fw" && task == "kept" && Path::new(dir).is_dir()),
+        "{state:#}"
+    );
+    assert!(running_tasks(&state).is_empty(), "{state:#}");
     assert!(setup.agent.terminate().success(), "{}", setup.log());
 }
 

@@ -325,12 +325,14 @@ impl Agent {
     fn acknowledge(&self, task: &TaskId, uuid: &str) {
         match self.status.acknowledge(task, uuid) {
             Ok(Acked::Done(container)) => {
+                // The view first: it keeps the ended task's last state (and sandbox) in
+                // `/state` once the container is forgotten.
+                self.view.forget_task(task);
                 if let Some(c) = container {
                     if let Err(e) = self.containerizer.forget(&c) {
                         tracing::warn!(task = %task.as_str(), "forget: {e}");
                     }
                 }
-                self.view.forget_task(task);
             }
             Ok(_) => {}
             Err(e) => tracing::error!(task = %task.as_str(), "cannot checkpoint an ack: {e}"),

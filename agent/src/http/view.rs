@@ -2,7 +2,7 @@
 //! [`AgentInfo`], the agent's identity and resources. [`ContainerizerView`] adapts a real
 //! [`Containerizer`]; the daemon tells it which framework each task belongs to.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -80,11 +80,17 @@ pub struct TaskMeta {
     pub name: String,
 }
 
+/// Ended tasks kept in `/state` after their containers are forgotten, newest last, so
+/// `cairn logs` and Mesos tools still find their sandboxes (Mesos keeps completed executors
+/// the same way, bounded). In memory only: a restarted agent lists none.
+pub const MAX_COMPLETED: usize = 1000;
+
 /// [`AgentView`] over a real [`Containerizer`].
 #[derive(Debug)]
 pub struct ContainerizerView {
     containerizer: Arc<Containerizer>,
     tasks: RwLock<HashMap<TaskId, TaskMeta>>,
+    completed: RwLock<VecDeque<ContainerView>>,
 }
 
 impl ContainerizerView {
@@ -92,6 +98,7 @@ impl ContainerizerView {
         Self {
             containerizer,
             tasks: RwLock::new(HashMap::new()),
+            completed: RwLock::new(VecDeque::new()),
         }
     }
 
@@ -103,27 +110,32 @@ impl ContainerizerView {
             .insert(task, meta);
     }
 
-    /// Drops what [`Self::register_task`] recorded (the task's container is forgotten).
+    /// Drops what [`Self::register_task`] recorded; call before the task's ended container
+    /// is forgotten: its last view is kept among the [`MAX_COMPLETED`] completed tasks.
     pub fn forget_task(&self, task: &TaskId) {
+        let ended = self
+            .live()
+            .into_iter()
+            .find(|c| c.task_id == *task && !c.is_active());
+        if let Some(view) = ended {
+            let mut completed = self
+                .completed
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            completed.retain(|c| c.task_id != *task);
+            completed.push_back(view);
+            while completed.len() > MAX_COMPLETED {
+                completed.pop_front();
+            }
+        }
         self.tasks
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(task);
     }
-}
 
-/// The task state Mesos would report for a container in `state`.
-fn task_state(state: ContainerState, kill_requested: bool, t: Option<&Termination>) -> TaskState {
-    match (t, state) {
-        (Some(t), _) => t.state,
-        (None, _) if kill_requested => TaskState::Killing,
-        (None, ContainerState::Running | ContainerState::Destroying) => TaskState::Running,
-        (None, _) => TaskState::Starting,
-    }
-}
-
-impl AgentView for ContainerizerView {
-    fn containers(&self) -> Vec<ContainerView> {
+    /// The containerizer's containers, with what the daemon registered of their tasks.
+    fn live(&self) -> Vec<ContainerView> {
         let tasks = self.tasks.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<ContainerView> = self
             .containerizer
@@ -161,6 +173,35 @@ impl AgentView for ContainerizerView {
                 }
             })
             .collect();
+        out.sort_by(|a, b| a.task_id.as_str().cmp(b.task_id.as_str()));
+        out
+    }
+}
+
+/// The task state Mesos would report for a container in `state`.
+fn task_state(state: ContainerState, kill_requested: bool, t: Option<&Termination>) -> TaskState {
+    match (t, state) {
+        (Some(t), _) => t.state,
+        (None, _) if kill_requested => TaskState::Killing,
+        (None, ContainerState::Running | ContainerState::Destroying) => TaskState::Running,
+        (None, _) => TaskState::Starting,
+    }
+}
+
+impl AgentView for ContainerizerView {
+    fn containers(&self) -> Vec<ContainerView> {
+        let mut out = self.live();
+        let completed = self
+            .completed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        out.extend(
+            completed
+                .iter()
+                .filter(|c| !out.iter().any(|l| l.container_id == c.container_id))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         out.sort_by(|a, b| a.task_id.as_str().cmp(b.task_id.as_str()));
         out
     }
