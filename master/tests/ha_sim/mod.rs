@@ -108,18 +108,26 @@ impl Records {
     }
 }
 
+/// How long a plain call may take: a master cut off by a partition must not hang an agent
+/// forever (a stream has no such limit; the calls beside it notice the partition).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn post(
     client: &reqwest::Client,
     base: &str,
     path: &str,
     body: String,
     stream_id: Option<&str>,
+    opens_stream: bool,
 ) -> Option<reqwest::Response> {
     let mut req = client
         .post(format!("{base}{path}"))
         .header("Content-Type", "application/json")
         .header("Accept", "application/json")
         .body(body);
+    if !opens_stream {
+        req = req.timeout(CALL_TIMEOUT);
+    }
     if let Some(id) = stream_id {
         req = req.header("Mesos-Stream-Id", id);
     }
@@ -250,7 +258,7 @@ impl SimAgent {
     /// One session: (re)register, subscribe, serve events until the stream breaks.
     async fn session(&self, client: &reqwest::Client, base: &str) {
         let call = serde_json::to_string(&self.registration()).unwrap();
-        let Some(resp) = post(client, base, AGENT_API, call, None).await else {
+        let Some(resp) = post(client, base, AGENT_API, call, None, false).await else {
             return;
         };
         if resp.status() != 200 {
@@ -265,7 +273,7 @@ impl SimAgent {
         let id = registered.agent_id.clone();
         lock(&self.state).id = Some(id.clone());
         let subscribe = serde_json::to_string(&AgentCall::subscribe(id.clone())).unwrap();
-        let Some(resp) = post(client, base, AGENT_API, subscribe, None).await else {
+        let Some(resp) = post(client, base, AGENT_API, subscribe, None, true).await else {
             return;
         };
         if resp.status() != 200 {
@@ -301,7 +309,7 @@ impl SimAgent {
                 }
                 _ = heartbeat.tick() => {
                     let call = serde_json::to_string(&AgentCall::heartbeat(id.clone())).unwrap();
-                    match post(client, base, AGENT_API, call, None).await {
+                    match post(client, base, AGENT_API, call, None, false).await {
                         Some(r) if r.status() == 202 => {}
                         _ => return,
                     }
@@ -393,6 +401,7 @@ impl SimAgent {
             AGENT_API,
             serde_json::to_string(&call).unwrap(),
             None,
+            false,
         )
         .await;
     }
@@ -508,7 +517,8 @@ impl SimFramework {
             info["id"] = json!({"value": id});
         }
         let call = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": info}});
-        let Some(resp) = post(client, base, SCHEDULER_API, call.to_string(), None).await else {
+        let Some(resp) = post(client, base, SCHEDULER_API, call.to_string(), None, true).await
+        else {
             return;
         };
         if resp.status() != 200 {
@@ -559,6 +569,7 @@ impl SimFramework {
             SCHEDULER_API,
             call.to_string(),
             Some(stream_id),
+            false,
         )
         .await?;
         Some(resp.status().as_u16())
@@ -737,6 +748,7 @@ pub fn tasks_in(framework: &SimFramework, state: &str) -> BTreeSet<String> {
 pub struct MasterProc {
     pub service: cairn_testsupport::Service,
     pub port: u16,
+    pub ip: std::net::Ipv4Addr,
 }
 
 /// Starts master `i` (log `master-<i>-<generation>`) on a free port, electing in `zk_url`
@@ -747,6 +759,25 @@ pub fn start_master(
     name: &str,
     session_timeout: Duration,
     extra: &str,
+) -> MasterProc {
+    start_master_on(
+        zk_url,
+        dir,
+        name,
+        session_timeout,
+        extra,
+        [127, 0, 0, 1].into(),
+    )
+}
+
+/// [`start_master`] listening on (and advertising) `ip`, e.g. a test network's bridge.
+pub fn start_master_on(
+    zk_url: &str,
+    dir: &cairn_testsupport::ServiceDir,
+    name: &str,
+    session_timeout: Duration,
+    extra: &str,
+    ip: std::net::Ipv4Addr,
 ) -> MasterProc {
     let port = cairn_testsupport::free_port();
     let work = dir.path().join(name);
@@ -765,10 +796,10 @@ pub fn start_master(
     cmd.arg("--config")
         .arg(&config)
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
+        .arg(format!("{ip}:{port}"))
         .env("RUST_LOG", "info");
     let service = cairn_testsupport::Service::spawn(name, cmd, dir.path()).unwrap();
-    MasterProc { service, port }
+    MasterProc { service, port, ip }
 }
 
 fn blocking_client() -> ureq::Agent {
@@ -785,7 +816,10 @@ impl MasterProc {
     /// A value of `/metrics/snapshot`; `None` when the master does not answer.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let mut resp = blocking_client()
-            .get(&format!("http://127.0.0.1:{}/metrics/snapshot", self.port))
+            .get(&format!(
+                "http://{}:{}/metrics/snapshot",
+                self.ip, self.port
+            ))
             .call()
             .ok()?;
         let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()?;
@@ -800,7 +834,7 @@ impl MasterProc {
     /// `(status, body)` of a JSON POST; `None` when the master does not answer.
     pub fn post(&self, path: &str, body: &Value) -> Option<(u16, String)> {
         let mut resp = blocking_client()
-            .post(&format!("http://127.0.0.1:{}{path}", self.port))
+            .post(&format!("http://{}:{}{path}", self.ip, self.port))
             .header("Content-Type", "application/json")
             .send(body.to_string())
             .ok()?;
