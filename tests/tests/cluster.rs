@@ -352,11 +352,11 @@ fn real_master_and_agent_run_pymesos_tasks_and_prometheus_sees_them() {
         cairn_testsupport::prometheus::sample_value(&memory).unwrap() > 0.0,
         "{memory}"
     );
-    // The agent's exposition passes promtool. (The master's does not yet: its gauges
-    // `cairn_master_{cpus,mem,disk,gpus}_total` break the "_total is for counters" lint;
-    // master/tests/metrics.rs owns that check.)
-    let text = get(&format!("{agent_url}/metrics")).unwrap();
-    promtool_check_metrics(&text).unwrap_or_else(|e| panic!("{agent_url}/metrics: {e}"));
+    // Both expositions pass promtool, as the real agent and master serve them mid-run.
+    for url in [&agent_url, &master_url] {
+        let text = get(&format!("{url}/metrics")).unwrap();
+        promtool_check_metrics(&text).unwrap_or_else(|e| panic!("{url}/metrics: {e}"));
+    }
     drop(prometheus);
 
     // Let the scheduler kill c-long and finish.

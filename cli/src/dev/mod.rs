@@ -156,18 +156,21 @@ async fn serve(opts: &DevOptions, work: &WorkDir, cgroup: &DevCgroup) -> anyhow:
     let registry_path = master_dir.join("registry.json");
     let (store, registry) = cairn_master::registry::FileRegistry::open(&registry_path)?;
     let master = cairn_master::core::Master::new(cfg.core.clone(), registry, Some(store));
-    let shared = cairn_master::http::Shared::new(master);
+    let shared = cairn_master::http::Shared::new(master).with_flags(cfg.flags());
     let ticker = shared.spawn_ticker(cfg.allocation_interval);
     let (master_stop_tx, mut master_stop) = watch::channel(false);
     let closer = shared.clone();
     let master_task = tokio::spawn(
-        axum::serve(listener, cairn_master::http::router(shared))
-            .with_graceful_shutdown(async move {
-                let _ = master_stop.wait_for(|s| *s).await;
-                // An event stream never ends by itself; a graceful shutdown waits for it.
-                closer.close_streams();
-            })
-            .into_future(),
+        axum::serve(
+            cairn_master::http::listener(listener),
+            cairn_master::http::router(shared),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = master_stop.wait_for(|s| *s).await;
+            // An event stream never ends by itself; a graceful shutdown waits for it.
+            closer.close_streams();
+        })
+        .into_future(),
     );
 
     // The agent, as cairn-agent runs, draining its tasks when stopped.
