@@ -248,6 +248,29 @@ fn forget(c: &Containerizer, id: &ContainerId) {
 
 static FORGET_RETRIES: AtomicUsize = AtomicUsize::new(0);
 
+/// Writes a status stream per container (task launched by framework `bench`, RUNNING in
+/// `ids`' container), as the daemon's launch would have.
+fn track_as_daemon_tasks(c: &Containerizer, ids: &[ContainerId]) {
+    let status =
+        cairn_agent::status::StatusUpdateManager::open(c.layout().meta().join("status")).unwrap();
+    for id in ids {
+        let task = c.record(id).unwrap().task_id;
+        let info: cairn_api::v1::mesos::TaskInfo = serde_json::from_value(serde_json::json!({
+            "name": task.as_str(),
+            "task_id": {"value": task.as_str()},
+            "agent_id": {"value": "bench"},
+            "resources": [],
+        }))
+        .unwrap();
+        status
+            .track(cairn_api::FrameworkId::new("bench"), info)
+            .unwrap();
+        status
+            .record(&task, Some(id), TaskState::Running, None, "")
+            .unwrap();
+    }
+}
+
 fn kill_all(c: &Containerizer, ids: &[ContainerId]) -> Vec<Termination> {
     for id in ids {
         let _ = c.kill(id, KILL_GRACE);
@@ -384,7 +407,10 @@ fn main() {
         ),
         mib(status_kb(std::process::id(), "VmRSS:").unwrap_or(0)),
     );
-    // Hand the running containers to the daemon (as an agent restart does).
+    // Hand the running containers to the daemon (as an agent restart does), with the status
+    // streams a daemon would have made for them: without one a container is an orphan, and
+    // the daemon destroys it on recovery.
+    track_as_daemon_tasks(&c, &running);
     drop(c);
     let log = b.dir.path().join("loaded.log");
     let agent = b.agent(&b.config.work_dir, &log);
