@@ -596,4 +596,51 @@ mod reregistration_window_tests {
         assert!(m.registry.unreachable.is_empty());
         assert!(m.agents.contains_key(&AgentId::new("missing")));
     }
+
+    #[test]
+    fn reconciliation_waits_for_the_window_then_answers_unreachable() {
+        use cairn_api::v1::mesos::{FrameworkCapability, FrameworkInfo};
+        use cairn_api::v1::scheduler::{EventType, ReconcileTask, Subscribe};
+
+        let start = Instant::now();
+        let mut m = Master::new(CoreConfig::default(), admitted(&["missing"]), None);
+        let info = FrameworkInfo {
+            user: "u".into(),
+            name: "f".into(),
+            capabilities: vec![FrameworkCapability {
+                kind: "PARTITION_AWARE".into(),
+            }],
+            ..FrameworkInfo::default()
+        };
+        let sub = m
+            .subscribe(
+                None,
+                Subscribe {
+                    framework_info: info,
+                    force: None,
+                    suppressed_roles: vec![],
+                },
+                start,
+            )
+            .unwrap();
+        let mut events = sub.events;
+        assert_eq!(events.try_recv().unwrap().kind, EventType::Subscribed);
+        let task = [ReconcileTask {
+            task_id: TaskId::new("t1"),
+            agent_id: Some(AgentId::new("missing")),
+        }];
+
+        // Window open: the agent may still bring the task back; no answer yet.
+        m.reconcile(&sub.framework_id, &task, start);
+        assert!(events.try_recv().is_err());
+
+        let closed = Instant::now() + m.cfg.agent_reregister_timeout;
+        m.close_reregistration_window(closed);
+        let failure = events.try_recv().unwrap();
+        assert_eq!(failure.kind, EventType::Failure);
+        m.reconcile(&sub.framework_id, &task, closed);
+        let status = events.try_recv().unwrap().update.unwrap().status;
+        assert_eq!(status.state, TaskState::Unreachable);
+        assert_eq!(status.agent_id, Some(AgentId::new("missing")));
+    }
 }
