@@ -99,8 +99,48 @@ fn remove_children(dir: &Path) {
     }
 }
 
+/// Kills every process in `dir` and the cgroups below it.
+fn kill_all(dir: &Path) -> usize {
+    let mut killed = 0;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    for entry in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if entry.is_dir() {
+            killed += kill_all(&entry);
+        }
+    }
+    for pid in fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+    {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    killed
+}
+
 impl Drop for CgroupParent {
+    /// Removes the parent and everything below it. Containers a failed test left running are
+    /// killed first: a panicking test must not leak processes into the next one.
     fn drop(&mut self) {
+        let leftover: usize = self.dirs().iter().map(|d| kill_all(d)).sum();
+        if leftover > 0 {
+            eprintln!(
+                "killed {leftover} process(es) left in test cgroup {}",
+                self.path.display()
+            );
+            // The kernel removes a killed process from its cgroup once it has exited.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::time::Instant::now() < deadline
+                && self.dirs().iter().any(|d| kill_all(d) > 0)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         for dir in self.dirs() {
             remove_children(&dir);
         }
@@ -112,5 +152,41 @@ impl Drop for CgroupParent {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_kills_what_a_test_left_running_and_removes_the_cgroups() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root to make cgroups");
+            return;
+        }
+        let parent = CgroupParent::new("drop-kills");
+        // A "container" cgroup in the first v1 hierarchy, or the unified one on a v2 host
+        // (a hybrid host's `unified` mount holds no processes of ours).
+        let hierarchy = parent
+            .dirs()
+            .into_iter()
+            .find(|d| !d.starts_with("/sys/fs/cgroup/unified"))
+            .unwrap();
+        let leaf = hierarchy.join("left-behind");
+        fs::create_dir_all(&leaf).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        fs::write(leaf.join("cgroup.procs"), child.id().to_string()).unwrap();
+        drop(parent);
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status}"
+        );
+        assert!(!leaf.exists() && !hierarchy.exists());
     }
 }
