@@ -13,7 +13,8 @@
 //!   (schedulers reconnect and are redirected; agents follow the detector). The contender
 //!   contends again by itself.
 //! - [`ZkStore`] writes the registry after each change through the fenced
-//!   [`ZkRegistry::save`], newest snapshot first (coalescing bursts), off the master's lock.
+//!   [`ZkRegistry::save`], newest snapshot first (group commit), off the master's lock;
+//!   clients whose answer depends on a change wait for the save that covers it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 use crate::core::{CoreConfig, Master};
 use crate::election::{Election, Leadership, MasterInfo};
 use crate::http::Shared;
-use crate::registry::{Registry, RegistryStore};
+use crate::registry::{Registrar, Registry};
 use crate::zk_registry::{ZkRegistry, ZkRegistryError};
 
 /// The least time between two registry saves (see [`ZkStore`]).
@@ -152,62 +153,58 @@ impl Gate {
     }
 }
 
-/// The registry store of a leader with ZooKeeper: each change marks the registry dirty for a
-/// background writer, which takes one snapshot of the master's registry and saves it through
-/// the fenced [`ZkRegistry`]; changes made meanwhile are saved by the next round (bursts
-/// coalesce). A change costs a counter bump under the master's lock, not a copy of the
-/// registry: with 10,000 agents re-registering after a failover, copying it per change held
-/// the lock long enough to starve the ZooKeeper session of the runtime's threads. A fenced
-/// write (this master no longer leads) is logged and counted, and changes nothing in
-/// ZooKeeper.
+/// The registry store of a leader with ZooKeeper: a [`Registrar`] (group commit) whose writer
+/// takes one snapshot of this term's master's registry and saves it through the fenced
+/// [`ZkRegistry`]. Clients waiting on a change are answered after the fenced write succeeded;
+/// a fenced write (this master no longer leads) is logged, counted, changes nothing in
+/// ZooKeeper and fails the waiting clients.
 #[derive(Debug)]
-pub struct ZkStore {
-    dirty: watch::Sender<u64>,
-}
+pub struct ZkStore;
 
 impl ZkStore {
-    /// Starts the writer for the master of this term, which [`ZkStore::bind`] names once it
-    /// exists; the writer ends when the store is dropped (with its master) or when `shared`
-    /// holds another master (the term ended).
-    pub fn spawn(registry: ZkRegistry, gate: Gate, shared: Shared) -> (Self, WriterBinding) {
-        let (dirty, mut rx) = watch::channel(0u64);
+    /// Starts the writer for the master of this term, which [`WriterBinding::bind`] names
+    /// once it exists; the writer ends when the registrar is dropped (with its master) or
+    /// when `shared` holds another master (the term ended).
+    pub fn spawn(registry: ZkRegistry, gate: Gate, shared: Shared) -> (Registrar, WriterBinding) {
         let binding = WriterBinding(Arc::new(std::sync::OnceLock::new()));
         let master_id = binding.0.clone();
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                rx.borrow_and_update();
-                let snapshot = {
-                    let master = shared.lock();
-                    // Only this term's master: after a step-down `shared` holds a standby
-                    // whose empty registry must never be written.
-                    if master_id.get() != Some(&master.info().id) {
-                        break;
-                    }
-                    master.registry.clone()
-                };
-                let started = tokio::time::Instant::now();
-                let saved = registry.save(&snapshot).await;
-                // Leave ZooKeeper at least as long as the save took before the next one:
-                // back-to-back saves of a large registry outran the followers and exhausted
-                // a small ensemble's heap. Changes made meanwhile coalesce into the next save.
-                let pause = started.elapsed().max(MIN_SAVE_GAP);
-                match saved {
+        let registry = Arc::new(registry);
+        let snapshot = move |counter: &AtomicU64| {
+            let master = shared.lock();
+            // Only this term's master: after a step-down `shared` holds a standby whose
+            // empty registry must never be written.
+            (master_id.get() == Some(&master.info().id))
+                .then(|| (counter.load(Ordering::SeqCst), master.registry.clone()))
+        };
+        let save = move |snapshot: Registry| {
+            let registry = registry.clone();
+            let gate = gate.clone();
+            Box::pin(async move {
+                match registry.save(&snapshot).await {
                     Ok(()) => {
                         gate.inner.writes.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
                     }
                     Err(ZkRegistryError::Fencing(e)) => {
                         gate.inner.writes_fenced.fetch_add(1, Ordering::Relaxed);
                         tracing::error!("registry write fenced: {e}");
+                        Err(format!(
+                            "registry write fenced (this master no longer leads): {e}"
+                        ))
                     }
                     Err(e) => {
                         gate.inner.writes_failed.fetch_add(1, Ordering::Relaxed);
                         tracing::error!("cannot save the registry: {e}");
+                        Err(e.to_string())
                     }
                 }
-                tokio::time::sleep(pause).await;
-            }
-        });
-        (Self { dirty }, binding)
+            }) as _
+        };
+        // Leave ZooKeeper at least as long as a save took before the next one: back-to-back
+        // saves of a large registry outran the followers and exhausted a small ensemble's
+        // heap. Changes made meanwhile coalesce into the next save.
+        let registrar = Registrar::spawn(Box::new(snapshot), Box::new(save), MIN_SAVE_GAP);
+        (registrar, binding)
     }
 }
 
@@ -219,12 +216,6 @@ impl WriterBinding {
     /// Binds the writer to the master with `id` (its `MasterInfo` id).
     pub fn bind(self, id: &str) {
         let _ = self.0.set(id.to_string());
-    }
-}
-
-impl RegistryStore for ZkStore {
-    fn store(&self, _registry: &Registry) {
-        self.dirty.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

@@ -103,12 +103,12 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let path = cfg.work_dir.join("registry.json");
             let (store, registry) = cairn_master::registry::FileRegistry::open(&path)?;
-            let master = cairn_master::core::Master::new(cfg.core.clone(), registry, Some(store));
+            let master = cairn_master::core::Master::new(cfg.core.clone(), registry, None);
+            let shared = cairn_master::http::Shared::new(master).with_flags(cfg.flags());
+            let writer = cairn_master::registry::file_store(store, shared.clone());
+            shared.lock().set_store(Box::new(writer));
             tracing::info!(listen = %cfg.listen, registry = %path.display(), "cairn-master serving (standalone: leading)");
-            (
-                cairn_master::http::Shared::new(master).with_flags(cfg.flags()),
-                None,
-            )
+            (shared, None)
         }
         Some(zk) => {
             let core = &cfg.core;

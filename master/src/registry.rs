@@ -8,9 +8,13 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_api::AgentId;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::durable;
 
@@ -70,21 +74,182 @@ pub enum RegistryError {
     TooNew { path: PathBuf, found: u32 },
 }
 
-/// Where the master writes its registry after each change: the file ([`FileRegistry`],
-/// standalone) or ZooKeeper (the fenced [`crate::zk_registry::ZkRegistry`], through
-/// [`crate::leadership::ZkStore`]). A failed write is the store's to log and count; the
-/// master's in-memory state stays authoritative until the next successful write.
+/// Where the master writes its registry after each change: a [`Registrar`] saving to the
+/// file ([`FileRegistry`], standalone) or to ZooKeeper (the fenced
+/// [`crate::zk_registry::ZkRegistry`], through [`crate::leadership::ZkStore`]).
 pub trait RegistryStore: std::fmt::Debug + Send {
-    /// Stores (or queues for storing) `registry`.
+    /// Marks `registry` changed: it will be saved by the writer's next round.
     fn store(&self, registry: &Registry);
+
+    /// A ticket that resolves once every change marked so far is durably stored (or its save
+    /// failed). Taken under the master's lock, awaited after releasing it.
+    fn saved(&self) -> SaveTicket;
 }
 
-impl RegistryStore for FileRegistry {
-    fn store(&self, registry: &Registry) {
-        if let Err(e) = self.save(registry) {
-            tracing::error!("cannot save the registry: {e}");
+/// What a registry writer has done so far, in change generations.
+#[derive(Debug, Clone, Default)]
+struct Outcome {
+    /// Every change up to this generation is durably stored.
+    saved: u64,
+    /// The last failed save covered changes up to this generation...
+    failed: u64,
+    /// ...and failed with this.
+    error: String,
+}
+
+/// Why a registry change could not be confirmed as stored.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the registry change was not stored: {0}")]
+pub struct StoreError(pub String);
+
+/// Resolves when the registry changes made before it was taken are stored
+/// ([`RegistryStore::saved`]).
+#[derive(Debug)]
+pub struct SaveTicket {
+    generation: u64,
+    outcome: Option<watch::Receiver<Outcome>>,
+}
+
+impl SaveTicket {
+    /// A ticket with nothing to wait for (a master without a store).
+    pub fn done() -> Self {
+        Self {
+            generation: 0,
+            outcome: None,
         }
     }
+
+    /// Waits for the save covering this ticket's changes.
+    ///
+    /// # Errors
+    /// The save failed (a fenced write: this master no longer leads; an I/O error), or the
+    /// writer stopped before saving it (the leadership term ended).
+    pub async fn wait(self) -> Result<(), StoreError> {
+        let Some(mut rx) = self.outcome else {
+            return Ok(());
+        };
+        loop {
+            {
+                let o = rx.borrow_and_update();
+                if o.saved >= self.generation {
+                    return Ok(());
+                }
+                if o.failed >= self.generation {
+                    return Err(StoreError(o.error.clone()));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError(
+                    "the registry writer stopped (this master no longer leads)".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Group commit of registry changes. A change costs a counter bump under the master's lock
+/// (no copy of the registry: with 10,000 agents re-registering after a failover, a copy per
+/// change held the lock long enough to starve the runtime). A background writer takes one
+/// snapshot of the registry with the generation it covers, saves it off the lock, and
+/// publishes the outcome; every change made before the snapshot is answered by that one
+/// save, changes made meanwhile by the next round.
+#[derive(Debug)]
+pub struct Registrar {
+    /// The generation of the newest change; bumped under the master's lock.
+    requested: Arc<AtomicU64>,
+    wake: watch::Sender<u64>,
+    outcome: watch::Receiver<Outcome>,
+}
+
+/// Takes a snapshot of the master's registry under its lock, with the generation of changes
+/// it covers (read from the counter passed in, under the same lock); `None` ends the writer
+/// (the master it belongs to is gone).
+pub type Snapshot = Box<dyn FnMut(&AtomicU64) -> Option<(u64, Registry)> + Send>;
+
+/// Saves one snapshot; the error text is what waiting clients are told.
+pub type Save = Box<dyn FnMut(Registry) -> BoxFuture<Result<(), String>> + Send>;
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl Registrar {
+    /// Starts the writer. After each save it pauses at least `min_gap` (changes made
+    /// meanwhile coalesce into the next save). It ends when the registrar is dropped (with
+    /// its master) or `snapshot` returns `None`; tickets still waiting then fail.
+    pub fn spawn(mut snapshot: Snapshot, mut save: Save, min_gap: Duration) -> Self {
+        let requested = Arc::new(AtomicU64::new(0));
+        let (wake, mut rx) = watch::channel(0u64);
+        let (outcome_tx, outcome) = watch::channel(Outcome::default());
+        let counter = requested.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                rx.borrow_and_update();
+                let Some((generation, registry)) = snapshot(&counter) else {
+                    break;
+                };
+                if outcome_tx.borrow().saved >= generation {
+                    continue;
+                }
+                let started = tokio::time::Instant::now();
+                let result = save(registry).await;
+                let pause = started.elapsed().max(min_gap);
+                outcome_tx.send_modify(|o| match result {
+                    Ok(()) => o.saved = generation,
+                    Err(e) => {
+                        o.failed = generation;
+                        o.error = e;
+                    }
+                });
+                tokio::time::sleep(pause).await;
+            }
+        });
+        Self {
+            requested,
+            wake,
+            outcome,
+        }
+    }
+}
+
+impl RegistryStore for Registrar {
+    fn store(&self, _registry: &Registry) {
+        self.requested.fetch_add(1, Ordering::SeqCst);
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn saved(&self) -> SaveTicket {
+        SaveTicket {
+            generation: self.requested.load(Ordering::SeqCst),
+            outcome: Some(self.outcome.clone()),
+        }
+    }
+}
+
+/// The standalone store: a [`Registrar`] writing `file` (atomically, fsynced) with the
+/// registry of the master in `shared`, on a blocking thread so no runtime thread waits on
+/// the disk.
+pub fn file_store(file: FileRegistry, shared: crate::http::Shared) -> Registrar {
+    let file = Arc::new(file);
+    Registrar::spawn(
+        Box::new(move |counter: &AtomicU64| {
+            let master = shared.lock();
+            Some((counter.load(Ordering::SeqCst), master.registry.clone()))
+        }),
+        Box::new(move |registry| {
+            let file = file.clone();
+            Box::pin(async move {
+                let saved = tokio::task::spawn_blocking(move || file.save(&registry)).await;
+                match saved {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => {
+                        tracing::error!("cannot save the registry: {e}");
+                        Err(e.to_string())
+                    }
+                    Err(e) => Err(format!("registry writer panicked: {e}")),
+                }
+            })
+        }),
+        Duration::ZERO,
+    )
 }
 
 /// The standalone registry: one JSON file, replaced atomically on every change.

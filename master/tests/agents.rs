@@ -416,3 +416,97 @@ fn sigterm_with_subscribers_connected_exits_and_a_restart_takes_the_agent_back()
     assert_eq!(s["state"], "TASK_RUNNING");
     drop(agent);
 }
+
+fn register(addr: SocketAddr, hostname: &str) -> support::Resp {
+    let res = cairn_api::Resources::parse("cpus:4;mem:1024")
+        .unwrap()
+        .to_wire();
+    post_json(
+        addr,
+        AGENT,
+        &json!({"type": "REGISTER", "register": {
+            "hostname": hostname, "address": "127.0.0.1:5051", "resources": res,
+            "boot_id": "boot-1", "version": "test"}}),
+        &[],
+    )
+}
+
+/// The agents in the standalone registry file as it is on disk now.
+fn agents_on_disk(work_dir: &std::path::Path) -> Value {
+    let bytes = std::fs::read(work_dir.join("registry.json")).unwrap();
+    serde_json::from_slice::<Value>(&bytes).unwrap()["agents"].clone()
+}
+
+#[test]
+fn an_admission_is_answered_only_once_the_registry_file_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Process::start(dir.path());
+    let addr = master.addr;
+    // Concurrent registrations share saves (group commit); each answer must find its agent
+    // in the file the moment it arrives.
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let work_dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                for j in 0..5 {
+                    let r = register(addr, &format!("host-{i}-{j}"));
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    let id = r.json()["agent_id"]["value"].as_str().unwrap().to_string();
+                    let on_disk = agents_on_disk(&work_dir);
+                    assert_eq!(
+                        on_disk[&id]["hostname"],
+                        format!("host-{i}-{j}"),
+                        "agent {id} was answered 200 but is not in the registry file"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(agents_on_disk(dir.path()).as_object().unwrap().len(), 80);
+
+    // The operator's weights are confirmed the same way.
+    let r = post_json(
+        addr,
+        "/api/v1",
+        &json!({"type": "UPDATE_WEIGHTS", "update_weights": {
+            "weight_infos": [{"role": "analytics", "weight": 2.5}]}}),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let bytes = std::fs::read(dir.path().join("registry.json")).unwrap();
+    let on_disk: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(on_disk["weights"]["analytics"], 2.5);
+}
+
+#[test]
+fn a_registration_the_registry_file_cannot_store_is_refused_not_admitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Process::start(dir.path());
+    let before = register(master.addr, "stored");
+    assert_eq!(before.status, 200, "{}", before.text());
+    // A directory where the file was: the atomic rename over it fails (even for root).
+    let path = dir.path().join("registry.json");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("keep"), b"").unwrap();
+    let r = register(master.addr, "unstored");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("registry"), "{}", r.text());
+    let r = post_json(
+        master.addr,
+        "/api/v1",
+        &json!({"type": "UPDATE_QUOTA", "update_quota": {"quota_configs": [
+            {"role": "web", "guarantees": {"cpus": {"value": 1.0}}, "limits": {"cpus": {"value": 2.0}}}]}}),
+        &[],
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    // Once the disk takes writes again, the next registration stores everything pending.
+    std::fs::remove_dir_all(&path).unwrap();
+    let r = register(master.addr, "after");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["agent_id"]["value"].as_str().unwrap().to_string();
+    assert_eq!(agents_on_disk(dir.path())[&id]["hostname"], "after");
+}

@@ -28,7 +28,7 @@ pub use offers::OfferEntry;
 pub use tasks::TaskEntry;
 
 use crate::allocator::{Allocator, AllocatorConfig};
-use crate::registry::{FileRegistry, Registry, RegistryStore};
+use crate::registry::{Registry, RegistryStore, SaveTicket};
 
 /// The Mesos version whose APIs Cairn speaks; reported by `/version` and in `MasterInfo`.
 pub const MESOS_API_VERSION: &str = "1.11.0";
@@ -223,9 +223,9 @@ pub fn uuid_text() -> String {
 }
 
 impl Master {
-    /// A master with the given registry (admitted agents, weights, quotas) and, in
-    /// standalone mode, the file it is saved to.
-    pub fn new(cfg: CoreConfig, registry: Registry, store: Option<FileRegistry>) -> Self {
+    /// A master with the given registry (admitted agents, weights, quotas) and the store
+    /// its changes are saved to (none: kept in memory only).
+    pub fn new(cfg: CoreConfig, registry: Registry, store: Option<Box<dyn RegistryStore>>) -> Self {
         let id = uuid_text();
         let info = MasterInfo {
             id: id.clone(),
@@ -265,7 +265,7 @@ impl Master {
             operators: Vec::new(),
             allocator,
             registry,
-            store: store.map(|s| Box::new(s) as Box<dyn RegistryStore>),
+            store,
             counters: Counters::default(),
             last_heartbeat: Instant::now(),
             reregister_deadline,
@@ -274,9 +274,21 @@ impl Master {
 
     /// A master whose registry changes go to `store` (with ZooKeeper: the fenced registry).
     pub fn with_store(cfg: CoreConfig, registry: Registry, store: Box<dyn RegistryStore>) -> Self {
-        let mut master = Self::new(cfg, registry, None);
-        master.store = Some(store);
-        master
+        Self::new(cfg, registry, Some(store))
+    }
+
+    /// Sets the store registry changes are saved to from now on (standalone: the file
+    /// writer, which needs the master already shared).
+    pub fn set_store(&mut self, store: Box<dyn RegistryStore>) {
+        self.store = Some(store);
+    }
+
+    /// A ticket resolving once every registry change made so far is durably stored. Take it
+    /// under the lock, release the lock, then await it before answering the client.
+    pub fn registry_saved(&self) -> SaveTicket {
+        self.store
+            .as_ref()
+            .map_or_else(SaveTicket::done, |s| s.saved())
     }
 
     pub fn info(&self) -> &MasterInfo {
@@ -293,8 +305,9 @@ impl Master {
         self.seq
     }
 
-    /// Saves the registry to its store. A failed write is logged by the store; the
-    /// in-memory state stays authoritative until the next successful write.
+    /// Marks the registry changed for its store's writer (group commit, see
+    /// [`crate::registry::Registrar`]). Clients whose answer depends on the change wait for
+    /// [`Master::registry_saved`]; a failed write is logged and reported to them.
     pub(crate) fn persist(&self) {
         if let Some(store) = &self.store {
             store.store(&self.registry);

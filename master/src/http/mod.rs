@@ -375,13 +375,33 @@ async fn agent(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
             Err(e) => agent_error(&e),
         };
     }
-    let result = shared.lock().handle_agent_call(call, now);
+    let (result, saved) = {
+        let mut master = shared.lock();
+        let result = master.handle_agent_call(call, now);
+        // An admission is answered only once the registry holds it (as Mesos's registrar
+        // does): a master crash right after the answer must not lose the agent. The wait is
+        // outside the lock; registrations arriving meanwhile share the next save.
+        let saved =
+            matches!(result, Ok(AgentReply::Registered(_))).then(|| master.registry_saved());
+        (result, saved)
+    };
     shared.request_allocation();
+    if let Some(saved) = saved {
+        if let Err(e) = saved.wait().await {
+            return store_error(&e);
+        }
+    }
     match result {
         Ok(AgentReply::Registered(r)) => json_response(&r),
         Ok(AgentReply::Accepted) => StatusCode::ACCEPTED.into_response(),
         Err(e) => agent_error(&e),
     }
+}
+
+/// A change that could not be stored is not confirmed: `503`, so the client retries (and,
+/// when this master was deposed, finds the new leader).
+pub(crate) fn store_error(e: &crate::registry::StoreError) -> Response {
+    text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 fn agent_error(e: &AgentError) -> Response {

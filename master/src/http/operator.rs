@@ -40,6 +40,25 @@ pub(super) async fn operator(
         );
         return resp;
     }
+    let mut saved = None;
+    let response = answer(&shared, call, now, &mut saved);
+    // A registry change is confirmed only once it is stored; the wait is outside the lock.
+    if let Some(saved) = saved {
+        if let Err(e) = saved.wait().await {
+            return super::store_error(&e);
+        }
+    }
+    response
+}
+
+/// Answers a (non-streaming) operator call under the master's lock; a call that changed the
+/// registry leaves in `saved` the save to wait for before its answer counts.
+fn answer(
+    shared: &Shared,
+    call: op::Call,
+    now: Instant,
+    saved: &mut Option<crate::registry::SaveTicket>,
+) -> Response {
     let mut m = shared.lock();
     let mut r = op::Response::new(call.kind);
     match call.kind {
@@ -87,10 +106,11 @@ pub(super) async fn operator(
                 );
             };
             shared.request_allocation();
-            return match m.update_weights(&u.weight_infos) {
-                Ok(()) => StatusCode::OK.into_response(),
-                Err(e) => text(StatusCode::BAD_REQUEST, e.0),
-            };
+            if let Err(e) = m.update_weights(&u.weight_infos) {
+                return text(StatusCode::BAD_REQUEST, e.0);
+            }
+            *saved = Some(m.registry_saved());
+            return StatusCode::OK.into_response();
         }
         op::CallType::UpdateQuota => {
             let Some(u) = call.update_quota else {
@@ -100,10 +120,11 @@ pub(super) async fn operator(
                 );
             };
             shared.request_allocation();
-            return match m.update_quota(&u.quota_configs) {
-                Ok(()) => StatusCode::OK.into_response(),
-                Err(e) => text(StatusCode::BAD_REQUEST, e.0),
-            };
+            if let Err(e) = m.update_quota(&u.quota_configs) {
+                return text(StatusCode::BAD_REQUEST, e.0);
+            }
+            *saved = Some(m.registry_saved());
+            return StatusCode::OK.into_response();
         }
         op::CallType::Teardown => {
             let Some(t) = call.teardown else {
