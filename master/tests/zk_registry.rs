@@ -1,13 +1,19 @@
 //! The registry in a real ZooKeeper: 50,000 agents round-trip through chunks, a deposed leader
-//! cannot write (fencing) while its successor can, and digest auth protects the znodes.
+//! cannot write (fencing) while its successor can, digest auth protects the znodes, and an
+//! agent's admission is answered only once its fenced write succeeded.
 
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use cairn_api::AgentId;
+use cairn_master::core::{CoreConfig, Master};
 use cairn_master::election::{Contender, Detector, MasterInfo, ZkConfig, ZkContender, ZkDetector};
+use cairn_master::http::{router, Shared};
+use cairn_master::leadership::ZkStore;
 use cairn_master::registry::{AdmittedAgent, Quota, Registry, REGISTRY_VERSION};
 use cairn_master::zk_registry::{ZkRegistry, ZkRegistryError, CHUNK_LIMIT};
 use cairn_testsupport::require_command;
@@ -300,4 +306,109 @@ fn zk_digest_auth_protects_election_and_registry() {
         "the detector to see the leader",
         || detector.leader().borrow().as_ref().map(|l| l.id.clone()) == Some("master-0".into()),
     );
+}
+
+/// The agents stored in ZooKeeper now, read straight from the znodes (the manifest, then the
+/// chunks it names).
+fn agents_in_zookeeper(rt: &Runtime, connect: &str) -> std::collections::BTreeSet<String> {
+    rt.block_on(async {
+        let client = zk::Client::connect(connect).await.unwrap();
+        let (manifest, _) = client.get_data("/cairn/registry/manifest").await.unwrap();
+        let manifest: cairn_master::zk_registry::Manifest =
+            serde_json::from_slice(&manifest).unwrap();
+        let mut agents = std::collections::BTreeSet::new();
+        for chunk in &manifest.chunks {
+            let path = format!("/cairn/registry/chunks/{}", chunk.name);
+            let (data, _) = client.get_data(&path).await.unwrap();
+            let part: Registry = serde_json::from_slice(&data).unwrap();
+            agents.extend(part.agents.into_keys());
+        }
+        agents
+    })
+}
+
+fn register(addr: std::net::SocketAddr, hostname: &str) -> support::Resp {
+    let res = cairn_api::Resources::parse("cpus:4;mem:1024")
+        .unwrap()
+        .to_wire();
+    support::post_json(
+        addr,
+        "/api/v1/agent",
+        &serde_json::json!({"type": "REGISTER", "register": {
+            "hostname": hostname, "address": "127.0.0.1:5051", "resources": res,
+            "boot_id": "boot-1", "version": "test"}}),
+        &[],
+    )
+}
+
+#[test]
+fn zk_admission_is_answered_only_after_its_fenced_write_and_refused_once_deposed() {
+    if !require_command(
+        "zk_admission_is_answered_only_after_its_fenced_write",
+        "java",
+    ) {
+        return;
+    }
+    let zk = ZooKeeper::standalone();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let contender = ZkContender::start(
+        config(&format!("zk://{}/cairn", zk.connect_string())),
+        info(0),
+    );
+    wait_leading(&contender);
+    let fence = contender.fence().unwrap();
+
+    // This term's master, its registry saved through the fenced ZooKeeper store, served on
+    // loopback. The gate always serves: only the store can refuse.
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = CoreConfig {
+        port: addr.port(),
+        ..CoreConfig::default()
+    };
+    let shared = Shared::new(Master::new(cfg.clone(), Registry::default(), None));
+    let (store, recovered) = rt.block_on(ZkRegistry::recover(fence.clone())).unwrap();
+    let (writer, binding) = ZkStore::spawn(store, shared.gate().clone(), shared.clone());
+    let master = Master::with_store(cfg, recovered, Box::new(writer));
+    binding.bind(&master.info().id);
+    shared.replace(master);
+    let app = router(shared.clone());
+    rt.spawn(async move {
+        axum::serve(cairn_master::http::listener(listener), app)
+            .await
+            .unwrap();
+    });
+
+    // Concurrent registrations share fenced writes; each 200 is already in the znodes.
+    let connect = zk.connect_string();
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let (rt, connect) = (&rt, &connect);
+            s.spawn(move || {
+                for j in 0..4 {
+                    let r = register(addr, &format!("host-{i}-{j}"));
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    let id = r.json()["agent_id"]["value"].as_str().unwrap().to_string();
+                    assert!(
+                        agents_in_zookeeper(rt, connect).contains(&id),
+                        "agent {id} was answered 200 but is not in ZooKeeper"
+                    );
+                }
+            });
+        }
+    });
+    let stored = agents_in_zookeeper(&rt, &connect);
+    assert_eq!(stored.len(), 32);
+
+    // Deposed (its election znode gone) while it still believes it leads: the fenced write
+    // is rejected, so the agent is told 503, not admitted.
+    let admin = rt.block_on(zk::Client::connect(&connect)).unwrap();
+    rt.block_on(admin.delete(fence.znode(), None)).unwrap();
+    let r = register(addr, "after-deposition");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("no longer leads"), "{}", r.text());
+    assert_eq!(agents_in_zookeeper(&rt, &connect), stored);
 }
