@@ -3,8 +3,15 @@
 //! so becomes private memory (~700 KiB here); linked at a fixed address those pages stay clean
 //! and are shared by every supervisor. The code is still compiled position-independent, which
 //! links into a fixed-address executable unchanged.
+//!
+//! Not for static builds (`+crt-static`, the cgroup v2 VM's test binaries): rustc links those
+//! as static PIEs, and `-no-pie` on top yields an executable that asks for the dynamic loader
+//! and crashes in it.
 
 fn main() {
-    println!("cargo:rustc-link-arg-bin=cairn-supervisor=-no-pie");
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    if !features.split(',').any(|f| f == "crt-static") {
+        println!("cargo:rustc-link-arg-bin=cairn-supervisor=-no-pie");
+    }
     println!("cargo:rerun-if-changed=build.rs");
 }

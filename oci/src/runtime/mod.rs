@@ -215,6 +215,7 @@ impl Runtime {
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(true)
+            .with_no_pivot(root_is_initramfs())
             .build();
         match built {
             Ok(inner) => Ok(Container::new(inner, cgroup)),
@@ -290,6 +291,23 @@ impl Runtime {
             })
         }
     }
+}
+
+/// Whether this process's root is the initramfs (`rootfs`), as in a machine that never
+/// switched to a real root (the test VM, some diskless boots). `pivot_root(2)` refuses to move
+/// the initramfs away (EINVAL), so containers then enter their root with a move mount and
+/// `chroot` instead, as `runc --no-pivot` (Docker's `DOCKER_RAMDISK`) does. Everywhere else
+/// containers pivot, which leaves no path back to the host's root.
+fn root_is_initramfs() -> bool {
+    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
+        text.lines().any(|line| {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                return false;
+            };
+            pre.split_whitespace().nth(4) == Some("/")
+                && matches!(post.split_whitespace().next(), Some("rootfs" | "ramfs"))
+        })
+    })
 }
 
 fn check_id(id: &str) -> Result<(), RuntimeError> {
