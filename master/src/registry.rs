@@ -93,8 +93,10 @@ struct Outcome {
     saved: u64,
     /// The last failed save covered changes up to this generation...
     failed: u64,
-    /// ...and failed with this.
+    /// ...and failed with this...
     error: String,
+    /// ...in this attempt (attempts count every save, from 1).
+    attempt: u64,
 }
 
 /// Why a registry change could not be confirmed as stored.
@@ -107,6 +109,9 @@ pub struct StoreError(pub String);
 #[derive(Debug)]
 pub struct SaveTicket {
     generation: u64,
+    /// Only saves attempted after the ticket was taken can fail it: a change waiting behind
+    /// an earlier failure waits for the retry.
+    after_attempt: u64,
     outcome: Option<watch::Receiver<Outcome>>,
 }
 
@@ -115,6 +120,7 @@ impl SaveTicket {
     pub fn done() -> Self {
         Self {
             generation: 0,
+            after_attempt: 0,
             outcome: None,
         }
     }
@@ -134,7 +140,7 @@ impl SaveTicket {
                 if o.saved >= self.generation {
                     return Ok(());
                 }
-                if o.failed >= self.generation {
+                if o.failed >= self.generation && o.attempt > self.after_attempt {
                     return Err(StoreError(o.error.clone()));
                 }
             }
@@ -152,7 +158,8 @@ impl SaveTicket {
 /// change held the lock long enough to starve the runtime). A background writer takes one
 /// snapshot of the registry with the generation it covers, saves it off the lock, and
 /// publishes the outcome; every change made before the snapshot is answered by that one
-/// save, changes made meanwhile by the next round.
+/// save, changes made meanwhile by the next round. A failed save is retried (after
+/// [`RETRY_AFTER_FAILURE`]) until one succeeds.
 #[derive(Debug)]
 pub struct Registrar {
     /// The generation of the newest change; bumped under the master's lock.
@@ -169,6 +176,9 @@ pub type Snapshot = Box<dyn FnMut(&AtomicU64) -> Option<(u64, Registry)> + Send>
 /// Saves one snapshot; the error text is what waiting clients are told.
 pub type Save = Box<dyn FnMut(Registry) -> BoxFuture<Result<(), String>> + Send>;
 
+/// How long the writer waits before retrying a failed save.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 impl Registrar {
@@ -181,7 +191,17 @@ impl Registrar {
         let (outcome_tx, outcome) = watch::channel(Outcome::default());
         let counter = requested.clone();
         tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
+            let mut attempt = 0;
+            loop {
+                let unsaved = counter.load(Ordering::SeqCst) > outcome_tx.borrow().saved;
+                if unsaved {
+                    // A failed save to retry; stop when the registrar is gone.
+                    if rx.has_changed().is_err() {
+                        break;
+                    }
+                } else if rx.changed().await.is_err() {
+                    break;
+                }
                 rx.borrow_and_update();
                 let Some((generation, registry)) = snapshot(&counter) else {
                     break;
@@ -189,14 +209,17 @@ impl Registrar {
                 if outcome_tx.borrow().saved >= generation {
                     continue;
                 }
+                attempt += 1;
                 let started = tokio::time::Instant::now();
                 let result = save(registry).await;
-                let pause = started.elapsed().max(min_gap);
+                let mut pause = started.elapsed().max(min_gap);
                 outcome_tx.send_modify(|o| match result {
                     Ok(()) => o.saved = generation,
                     Err(e) => {
+                        pause = pause.max(RETRY_AFTER_FAILURE);
                         o.failed = generation;
                         o.error = e;
+                        o.attempt = attempt;
                     }
                 });
                 tokio::time::sleep(pause).await;
@@ -219,6 +242,7 @@ impl RegistryStore for Registrar {
     fn saved(&self) -> SaveTicket {
         SaveTicket {
             generation: self.requested.load(Ordering::SeqCst),
+            after_attempt: self.outcome.borrow().attempt,
             outcome: Some(self.outcome.clone()),
         }
     }

@@ -503,8 +503,26 @@ fn a_registration_the_registry_file_cannot_store_is_refused_not_admitted() {
         &[],
     );
     assert_eq!(r.status, 503, "{}", r.text());
-    // Once the disk takes writes again, the next registration stores everything pending.
+    // Once the disk takes writes again, the writer's retry stores everything pending: a
+    // re-registration that changes nothing waits for it and is answered 200.
     std::fs::remove_dir_all(&path).unwrap();
+    let id = before.json()["agent_id"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = post_json(
+        master.addr,
+        AGENT,
+        &json!({"type": "REREGISTER", "agent_id": {"value": id}, "register": {
+            "hostname": "stored", "address": "127.0.0.1:5051",
+            "resources": cairn_api::Resources::parse("cpus:4;mem:1024").unwrap().to_wire(),
+            "boot_id": "boot-1", "version": "test"}}),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let on_disk = std::fs::read(dir.path().join("registry.json")).unwrap();
+    let on_disk: Value = serde_json::from_slice(&on_disk).unwrap();
+    assert_eq!(on_disk["quotas"]["web"]["limit"], "cpus:2");
     let r = register(master.addr, "after");
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.json()["agent_id"]["value"].as_str().unwrap().to_string();
