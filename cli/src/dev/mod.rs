@@ -155,8 +155,11 @@ async fn serve(opts: &DevOptions, work: &WorkDir, cgroup: &DevCgroup) -> anyhow:
     .resolve()?;
     let registry_path = master_dir.join("registry.json");
     let (store, registry) = cairn_master::registry::FileRegistry::open(&registry_path)?;
-    let master = cairn_master::core::Master::new(cfg.core.clone(), registry, Some(store));
+    let master = cairn_master::core::Master::new(cfg.core.clone(), registry, None);
     let shared = cairn_master::http::Shared::new(master).with_flags(cfg.flags());
+    // As cairn-master does: registry changes answered to clients wait for the file's save.
+    let writer = cairn_master::registry::file_store(store, shared.clone());
+    shared.lock().set_store(Box::new(writer));
     let ticker = shared.spawn_ticker(cfg.allocation_interval);
     let (master_stop_tx, mut master_stop) = watch::channel(false);
     let closer = shared.clone();
