@@ -327,7 +327,7 @@ impl Agent {
             Ok(Acked::Done(container)) => {
                 // The view first: it keeps the ended task's last state (and sandbox) in
                 // `/state` once the container is forgotten.
-                self.view.forget_task(task);
+                self.view.forget_task(task, container.as_ref());
                 if let Some(c) = container {
                     if let Err(e) = self.containerizer.forget(&c) {
                         tracing::warn!(task = %task.as_str(), "forget: {e}");

@@ -2,7 +2,7 @@
 //! [`AgentInfo`], the agent's identity and resources. [`ContainerizerView`] adapts a real
 //! [`Containerizer`]; the daemon tells it which framework each task belongs to.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -12,6 +12,7 @@ use cairn_api::{ContainerId, Resources, TaskId, TaskState};
 use cairn_isolators::ResourceStatistics;
 
 use crate::capacity::NodeCapacity;
+use crate::checkpoint::ContainerCheckpoint;
 use crate::containerizer::{ContainerState, Containerizer, Event, Recovery, Termination};
 
 /// One container (and its task) as the HTTP API shows it.
@@ -110,13 +111,19 @@ impl ContainerizerView {
             .insert(task, meta);
     }
 
-    /// Drops what [`Self::register_task`] recorded; call before the task's ended container
-    /// is forgotten: its last view is kept among the [`MAX_COMPLETED`] completed tasks.
-    pub fn forget_task(&self, task: &TaskId) {
-        let ended = self
-            .live()
-            .into_iter()
-            .find(|c| c.task_id == *task && !c.is_active());
+    /// Drops what [`Self::register_task`] recorded. Call it before the task's ended
+    /// `container` is forgotten: its last view is kept among the [`MAX_COMPLETED`]
+    /// completed tasks.
+    pub fn forget_task(&self, task: &TaskId, container: Option<&ContainerId>) {
+        let meta = self
+            .tasks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(task);
+        let ended = container
+            .and_then(|id| self.containerizer.record(id))
+            .map(|r| view_of(r, meta.as_ref()))
+            .filter(|v| !v.is_active());
         if let Some(view) = ended {
             let mut completed = self
                 .completed
@@ -128,53 +135,52 @@ impl ContainerizerView {
                 completed.pop_front();
             }
         }
-        self.tasks
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(task);
     }
 
     /// The containerizer's containers, with what the daemon registered of their tasks.
     fn live(&self) -> Vec<ContainerView> {
         let tasks = self.tasks.read().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<ContainerView> = self
-            .containerizer
+        self.containerizer
             .containers()
             .into_iter()
             .filter_map(|id| self.containerizer.record(&id))
             .map(|r| {
-                let meta = tasks.get(&r.task_id).cloned().unwrap_or_default();
-                let mut resources = Resources::new();
-                let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-                for (name, value) in [
-                    ("cpus", r.limits.cpus),
-                    ("mem", mb(r.limits.mem_bytes)),
-                    ("disk", r.limits.disk_bytes.map_or(0.0, mb)),
-                ] {
-                    resources = resources
-                        .clone()
-                        .with_scalar(name, value)
-                        .unwrap_or(resources);
-                }
-                ContainerView {
-                    task_state: task_state(r.state, r.kill_requested, r.termination.as_ref()),
-                    task_name: if meta.name.is_empty() {
-                        r.task_id.as_str().to_string()
-                    } else {
-                        meta.name
-                    },
-                    framework_id: meta.framework_id,
-                    container_id: r.container_id,
-                    task_id: r.task_id,
-                    state: r.state,
-                    resources,
-                    sandbox: r.sandbox,
-                    termination: r.termination,
-                }
+                let meta = tasks.get(&r.task_id);
+                view_of(r, meta)
             })
-            .collect();
-        out.sort_by(|a, b| a.task_id.as_str().cmp(b.task_id.as_str()));
-        out
+            .collect()
+    }
+}
+
+/// A container's record as the HTTP API shows it, with its task's framework and name.
+fn view_of(r: ContainerCheckpoint, meta: Option<&TaskMeta>) -> ContainerView {
+    let meta = meta.cloned().unwrap_or_default();
+    let mut resources = Resources::new();
+    let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    for (name, value) in [
+        ("cpus", r.limits.cpus),
+        ("mem", mb(r.limits.mem_bytes)),
+        ("disk", r.limits.disk_bytes.map_or(0.0, mb)),
+    ] {
+        resources = resources
+            .clone()
+            .with_scalar(name, value)
+            .unwrap_or(resources);
+    }
+    ContainerView {
+        task_state: task_state(r.state, r.kill_requested, r.termination.as_ref()),
+        task_name: if meta.name.is_empty() {
+            r.task_id.as_str().to_string()
+        } else {
+            meta.name
+        },
+        framework_id: meta.framework_id,
+        container_id: r.container_id,
+        task_id: r.task_id,
+        state: r.state,
+        resources,
+        sandbox: r.sandbox,
+        termination: r.termination,
     }
 }
 
@@ -195,12 +201,13 @@ impl AgentView for ContainerizerView {
             .completed
             .read()
             .unwrap_or_else(PoisonError::into_inner);
+        // A container whose forget failed is still live: list it once.
+        let live: HashSet<ContainerId> = out.iter().map(|c| c.container_id.clone()).collect();
         out.extend(
             completed
                 .iter()
-                .filter(|c| !out.iter().any(|l| l.container_id == c.container_id))
-                .cloned()
-                .collect::<Vec<_>>(),
+                .filter(|c| !live.contains(&c.container_id))
+                .cloned(),
         );
         out.sort_by(|a, b| a.task_id.as_str().cmp(b.task_id.as_str()));
         out
