@@ -99,44 +99,47 @@ fn remove_children(dir: &Path) {
     }
 }
 
-/// Kills every process in `dir` and the cgroups below it.
-fn kill_all(dir: &Path) -> usize {
-    let mut killed = 0;
+/// The processes in `dir` and the cgroups below it.
+fn pids_below(dir: &Path) -> Vec<i32> {
     let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
+        return Vec::new();
     };
-    for entry in entries.filter_map(Result::ok).map(|e| e.path()) {
-        if entry.is_dir() {
-            killed += kill_all(&entry);
-        }
-    }
-    for pid in fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse::<i32>().ok())
-    {
-        let pid = nix::unistd::Pid::from_raw(pid);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
-            killed += 1;
-        }
-    }
-    killed
+    let mut pids: Vec<i32> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .flat_map(|child| pids_below(&child))
+        .collect();
+    pids.extend(
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok()),
+    );
+    pids
 }
 
 impl Drop for CgroupParent {
     /// Removes the parent and everything below it. Containers a failed test left running are
     /// killed first: a panicking test must not leak processes into the next one.
     fn drop(&mut self) {
-        let leftover: usize = self.dirs().iter().map(|d| kill_all(d)).sum();
-        if leftover > 0 {
+        let left: Vec<i32> = self.dirs().iter().flat_map(|d| pids_below(d)).collect();
+        if !left.is_empty() {
             eprintln!(
-                "killed {leftover} process(es) left in test cgroup {}",
+                "killing {} process(es) left in test cgroup {}",
+                left.len(),
                 self.path.display()
             );
-            // The kernel removes a killed process from its cgroup once it has exited.
+            for pid in left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            // The kernel takes a killed process out of its cgroup once it has exited.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             while std::time::Instant::now() < deadline
-                && self.dirs().iter().any(|d| kill_all(d) > 0)
+                && self.dirs().iter().any(|d| !pids_below(d).is_empty())
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
