@@ -390,3 +390,58 @@ fn recovery_readopts_running_containers_and_reports_exits_needs_root() {
     }
     fx.assert_clean();
 }
+
+/// The mount points below `under` in `/proc/<pid>/mountinfo`, with their filesystem types.
+fn mounts_below(pid: &str, under: &Path) -> Vec<(String, String)> {
+    let under = under.to_string_lossy().into_owned();
+    fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let target = l.split_whitespace().nth(4)?;
+            let fstype = l.split(" - ").nth(1)?.split_whitespace().next()?;
+            target
+                .starts_with(&under)
+                .then(|| (target.to_string(), fstype.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn root_filesystems_are_mounted_only_in_their_supervisors_namespace_needs_root() {
+    let Some(fx) = fixture("mountns") else { return };
+    let (c, _) = fx.start();
+    let image_task = c.launch(&fx.request("img", 32.0, shell("sleep 600")));
+    let mut host = fx.request("host", 32.0, shell("sleep 600"));
+    host.image = None;
+    let host_task = c.launch(&host);
+    let work = fx.dir.path();
+    for (id, fstype) in [(&image_task, "overlay"), (&host_task, "ext4")] {
+        let record = c.record(id).unwrap();
+        assert_eq!(
+            record.state,
+            cairn_agent::containerizer::ContainerState::Running
+        );
+        let supervisor = record.supervisor.unwrap().pid.to_string();
+        let rootfs = record.bundle.join("rootfs").to_string_lossy().into_owned();
+        let seen = mounts_below(&supervisor, work);
+        assert!(
+            seen.iter().any(|(t, _)| *t == rootfs),
+            "{id:?}: the supervisor's namespace lacks {rootfs}: {seen:?}"
+        );
+        if fstype == "overlay" {
+            assert!(seen.contains(&(rootfs.clone(), fstype.into())), "{seen:?}");
+        }
+    }
+    assert_eq!(
+        mounts_below("self", work),
+        Vec::<(String, String)>::new(),
+        "the agent's mount namespace got a container's mount"
+    );
+    for id in [&image_task, &host_task] {
+        c.kill(id, std::time::Duration::from_millis(100)).unwrap();
+        assert_state(&c.wait(id).unwrap(), TaskState::Killed, None);
+        c.forget(id).unwrap();
+    }
+    fx.assert_clean();
+}

@@ -22,7 +22,11 @@ pub struct BundleInput<'a> {
     pub task_id: &'a TaskId,
     /// The image's configuration; `None` for a host-filesystem task.
     pub image: Option<&'a ImageConfiguration>,
+    /// The root filesystem's path in the container's (the supervisor's) mount namespace.
     pub rootfs: &'a Path,
+    /// Where the agent reads that root filesystem now (through the supervisor's
+    /// `/proc/<pid>/root`): the image's users and the command are looked up there.
+    pub rootfs_view: &'a Path,
     pub bundle: &'a Path,
     pub command: Option<&'a TaskCommand>,
     pub sandbox: &'a Path,
@@ -107,13 +111,17 @@ pub fn render(input: &BundleInput<'_>) -> Result<Spec, Termination> {
         readonly_rootfs: host,
         ..ContainerSettings::default()
     };
-    let spec = spec::build_spec(image, input.rootfs, &settings).map_err(|e| match e {
+    let mut spec = spec::build_spec(image, input.rootfs_view, &settings).map_err(|e| match e {
         spec::SpecError::NoCommand => Termination::launch_failed(
             "no command: the task gives none and the image has no Entrypoint or Cmd",
         ),
         e => Termination::launch_failed(format!("cannot render the container spec: {e}")),
     })?;
-    check_command(&spec, input.rootfs)?;
+    check_command(&spec, input.rootfs_view)?;
+    if let Some(mut root) = spec.root().clone() {
+        root.set_path(input.rootfs.to_path_buf());
+        spec.set_root(Some(root));
+    }
     spec::write_bundle(input.bundle, &spec)
         .map_err(|e| Termination::launch_failed(format!("cannot write the bundle: {e}")))?;
     Ok(spec)

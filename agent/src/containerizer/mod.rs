@@ -564,20 +564,15 @@ impl Inner {
         fs::create_dir_all(sandbox).map_err(|e| {
             Termination::launch_failed(format!("create sandbox {}: {e}", sandbox.display()))
         })?;
-        // Provisioning.
-        let (image_config, rootfs) = match &request.image {
+        // Provisioning: the layers; the supervisor assembles the root filesystem below.
+        let (image_config, plan) = match &request.image {
             Some(reference) => {
                 let image =
                     provision::image(&self.store, self.config.registry.as_ref(), reference)?;
-                let rootfs = provision::rootfs(
-                    &self.layers,
-                    &image,
-                    &record.bundle,
-                    self.config.rootfs_mode,
-                )?;
-                (Some(image.config), rootfs)
+                let plan = provision::image_plan(&self.layers, &image, self.config.rootfs_mode)?;
+                (Some(image.config), plan)
             }
-            None => (None, provision::host_rootfs(&record.bundle)?),
+            None => (None, provision::host_plan(&record.bundle)?),
         };
         // Preparing: every isolator; destroy cleans all of them up whatever happens here.
         // Not checkpointed: recovery destroys a PREPARING container exactly as a PROVISIONING
@@ -596,21 +591,6 @@ impl Inner {
             .map_or_else(|| default_cgroup(&self.config.cgroups, id), PathBuf::from);
         // Checkpointed with ISOLATING below, before anything uses it.
         self.change(id, |r| r.cgroup = Some(cgroup.clone()), Persist::MemoryOnly);
-        bundle::render(&bundle::BundleInput {
-            id,
-            task_id: &request.task_id,
-            image: image_config.as_ref(),
-            rootfs: &rootfs,
-            bundle: &record.bundle,
-            command: request.command.as_ref(),
-            sandbox,
-            limits: &record.limits,
-            env: &request.env,
-            preparation: &preparation,
-            cgroup: &cgroup,
-        })?;
-        // Isolating: the supervisor creates the init; isolators place it before it runs.
-        self.transition(id, ContainerState::Isolating);
         let supervisor_config = SupervisorConfig {
             version: checkpoint::VERSION,
             container_id: id.clone(),
@@ -624,18 +604,44 @@ impl Inner {
             exit_file: self.layout.exit_file(id),
             log_max_bytes: self.config.log_max_bytes,
             log_max_files: self.config.log_max_files,
+            rootfs: Some(plan),
         };
-        let pending = supervise::spawn(
+        let prepared = supervise::spawn(
             &self.config.supervisor,
             &self.layout.supervisor_file(id),
             &supervisor_config,
             &sandbox.join("supervisor.log"),
         )
         .map_err(|m| Termination::launch_failed(format!("cannot create the container: {m}")))?;
-        self.update(id, |r| {
-            r.supervisor = pending.supervisor;
-            r.init = Some(pending.init);
-        });
+        // Destroy waits for it (dropping `prepared` on an error below makes it exit);
+        // checkpointed with ISOLATING. A restart before that finds the container PREPARING
+        // and destroys it, and the supervisor exits on its own when the agent's pipe closes.
+        self.change(
+            id,
+            |r| r.supervisor = Some(prepared.supervisor),
+            Persist::MemoryOnly,
+        );
+        let rootfs = record.bundle.join(provision::ROOTFS_DIR);
+        bundle::render(&bundle::BundleInput {
+            id,
+            task_id: &request.task_id,
+            image: image_config.as_ref(),
+            rootfs: &rootfs,
+            rootfs_view: &prepared.view(&rootfs),
+            bundle: &record.bundle,
+            command: request.command.as_ref(),
+            sandbox,
+            limits: &record.limits,
+            env: &request.env,
+            preparation: &preparation,
+            cgroup: &cgroup,
+        })?;
+        // Isolating: the supervisor creates the init; isolators place it before it runs.
+        self.transition(id, ContainerState::Isolating);
+        let pending = prepared
+            .create()
+            .map_err(|m| Termination::launch_failed(format!("cannot create the container: {m}")))?;
+        self.update(id, |r| r.init = Some(pending.init));
         for iso in &self.isolators {
             if let Err(e) = iso.isolate(id, pending.init.pid) {
                 pending.abort();

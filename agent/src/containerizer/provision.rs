@@ -1,7 +1,8 @@
 //! Provisioning: the image (from the local store, else pulled), its layers extracted once
-//! into the shared [`LayerCache`], and the container's root filesystem assembled in its
-//! bundle directory. A task without an image gets a read-only bind of the host's root
-//! filesystem instead (Mesos command tasks run on the host filesystem).
+//! into the shared [`LayerCache`], and the plan for the container's root filesystem, which
+//! its supervisor assembles in the bundle directory inside its own mount namespace. A task
+//! without an image gets a read-only bind of the host's root filesystem instead (Mesos
+//! command tasks run on the host filesystem).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use cairn_oci::registry::{Puller, RegistryConfig};
 use cairn_oci::rootfs::{Rootfs, RootfsMode, RootfsOptions};
 use cairn_oci::store::{Image, Store};
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
+use serde::{Deserialize, Serialize};
 
 use super::types::Termination;
 
@@ -56,14 +58,55 @@ pub fn image(
         .map_err(|e| Termination::launch_failed(format!("failed to pull image {reference}: {e}")))
 }
 
-/// Extracts `image`'s layers (cached) and assembles its root filesystem in `bundle`; returns
-/// the root filesystem's path. The root filesystem stays until [`teardown`].
-pub fn rootfs(
+/// How a container's root filesystem is assembled. The agent decides it (extracting the
+/// image's layers into the shared cache); the container's supervisor carries it out in its own
+/// mount namespace ([`RootfsPlan::assemble`]), so the node's mount table does not grow with
+/// every container: a table of a thousand overlay mounts made each launch read it (libcontainer
+/// reads `/proc/self/mountinfo` many times per container on cgroup v1) and copy it (a new
+/// mount namespace copies every mount), and launches slowed down as containers accumulated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RootfsPlan {
+    /// A read-only bind of the host's root filesystem (a task without an image).
+    Host,
+    /// The image's extracted layers, bottom first, combined as `mode` says.
+    Image {
+        /// The image reference, for error messages.
+        image: String,
+        layers: Vec<PathBuf>,
+        mode: RootfsMode,
+    },
+}
+
+impl RootfsPlan {
+    /// Assembles the root filesystem at `<bundle>/rootfs`, in the caller's mount namespace;
+    /// returns its path. Nothing is left mounted on error.
+    pub fn assemble(&self, bundle: &Path) -> Result<PathBuf, String> {
+        match self {
+            RootfsPlan::Host => host_rootfs(bundle),
+            RootfsPlan::Image {
+                image,
+                layers,
+                mode,
+            } => {
+                let opts = RootfsOptions {
+                    mode: *mode,
+                    readonly: false,
+                };
+                Rootfs::assemble(layers, bundle, &opts)
+                    .map(Rootfs::keep)
+                    .map_err(|e| format!("image {image}: {e}"))
+            }
+        }
+    }
+}
+
+/// Extracts `image`'s layers (cached); returns the plan for its root filesystem.
+pub fn image_plan(
     layers: &LayerCache,
     image: &Image,
-    bundle: &Path,
     mode: RootfsMode,
-) -> Result<PathBuf, Termination> {
+) -> Result<RootfsPlan, Termination> {
     let mut dirs = Vec::with_capacity(image.layers.len());
     for layer in &image.layers {
         let dir = layers
@@ -76,25 +119,31 @@ pub fn rootfs(
             })?;
         dirs.push(dir);
     }
-    let opts = RootfsOptions {
+    Ok(RootfsPlan::Image {
+        image: image.reference.to_string(),
+        layers: dirs,
         mode,
-        readonly: false,
+    })
+}
+
+/// The plan for a task without an image; marks `bundle` (created here) as holding the host's
+/// root filesystem, so [`teardown`] knows what it finds there even after a restart.
+pub fn host_plan(bundle: &Path) -> Result<RootfsPlan, Termination> {
+    let fail = |op: &str, e: std::io::Error| {
+        Termination::launch_failed(format!("host root filesystem: {op}: {e}"))
     };
-    let rootfs = Rootfs::assemble(&dirs, bundle, &opts)
-        .map_err(|e| Termination::launch_failed(format!("image {}: {e}", image.reference)))?;
-    Ok(rootfs.keep())
+    fs::create_dir_all(bundle).map_err(|e| fail("create", e))?;
+    fs::write(bundle.join(HOST_MARKER), b"").map_err(|e| fail("mark", e))?;
+    Ok(RootfsPlan::Host)
 }
 
 /// Binds the host's root filesystem (that mount only, not the ones below it: those would
 /// include every other container's root filesystem) at `<bundle>/rootfs`, privately; the
 /// spec then mounts it read-only.
-pub fn host_rootfs(bundle: &Path) -> Result<PathBuf, Termination> {
-    let fail = |op: &str, e: std::io::Error| {
-        Termination::launch_failed(format!("host root filesystem: {op}: {e}"))
-    };
+fn host_rootfs(bundle: &Path) -> Result<PathBuf, String> {
+    let fail = |op: &str, e: std::io::Error| format!("host root filesystem: {op}: {e}");
     let path = bundle.join(ROOTFS_DIR);
     fs::create_dir_all(&path).map_err(|e| fail("create", e))?;
-    fs::write(bundle.join(HOST_MARKER), b"").map_err(|e| fail("mark", e))?;
     rustix::mount::mount_bind("/", &path).map_err(|e| fail("bind /", e.into()))?;
     if let Err(e) = rustix::mount::mount_change(&path, MountPropagationFlags::PRIVATE) {
         let _ = rustix::mount::unmount(&path, UnmountFlags::DETACH);

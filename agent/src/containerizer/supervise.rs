@@ -7,15 +7,23 @@ use std::path::Path;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 
 use crate::checkpoint::{self, ProcessRef};
-use crate::supervisor::{Message, SupervisorConfig, START};
+use crate::supervisor::{Message, SupervisorConfig, CREATE, START};
+
+/// A supervisor that assembled the root filesystem in its mount namespace and waits for
+/// `create` (the bundle).
+#[derive(Debug)]
+pub struct Prepared {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// The supervisor (after it detached).
+    pub supervisor: ProcessRef,
+}
 
 /// A supervisor that created its container and waits for `start`.
 #[derive(Debug)]
 pub struct Pending {
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    /// The supervisor (after it detached).
-    pub supervisor: Option<ProcessRef>,
     /// The container's init.
     pub init: ProcessRef,
 }
@@ -32,21 +40,14 @@ fn read_message(stdout: &mut BufReader<ChildStdout>) -> Result<Message, String> 
     }
 }
 
-/// The parent of `pid`: for the container's init, its supervisor (libcontainer clones the
-/// init with `CLONE_PARENT`).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Writes the supervisor's config and starts it; returns once the container is created.
+/// Writes the supervisor's config (which must hold a root filesystem plan) and starts it;
+/// returns once the root filesystem is assembled.
 pub fn spawn(
     program: &Path,
     config_path: &Path,
     config: &SupervisorConfig,
     log: &Path,
-) -> Result<Pending, String> {
+) -> Result<Prepared, String> {
     checkpoint::write(config_path, config).map_err(|e| e.to_string())?;
     let log = OpenOptions::new()
         .create(true)
@@ -66,19 +67,48 @@ pub fn spawn(
     // The first process exits right after forking the real supervisor: reap it.
     let _ = child.wait();
     match read_message(&mut stdout)? {
-        Message::Created { pid } => {
-            let init = ProcessRef::of(pid)
-                .ok_or_else(|| format!("the container's init {pid} vanished before start"))?;
-            let supervisor = parent_of(pid).and_then(ProcessRef::of);
-            Ok(Pending {
+        Message::Prepared { pid } => {
+            let supervisor = ProcessRef::of(pid)
+                .ok_or_else(|| format!("the supervisor {pid} vanished after preparing"))?;
+            Ok(Prepared {
                 stdin,
                 stdout,
                 supervisor,
-                init,
             })
         }
         Message::Failed { message } => Err(message),
-        Message::Started => Err("the supervisor started before it was asked to".into()),
+        other => Err(format!("the supervisor said {other:?} before preparing")),
+    }
+}
+
+impl Prepared {
+    /// Where the agent reads `path` as the supervisor's mount namespace has it (the
+    /// assembled root filesystem is mounted only there).
+    #[must_use]
+    pub fn view(&self, path: &Path) -> std::path::PathBuf {
+        let mut view = std::path::PathBuf::from(format!("/proc/{}/root", self.supervisor.pid));
+        view.push(path.strip_prefix("/").unwrap_or(path));
+        view
+    }
+
+    /// Lets the supervisor create the container from the bundle; returns once it exists.
+    pub fn create(mut self) -> Result<Pending, String> {
+        writeln!(self.stdin, "{CREATE}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("telling the supervisor to create: {e}"))?;
+        match read_message(&mut self.stdout)? {
+            Message::Created { pid } => {
+                let init = ProcessRef::of(pid)
+                    .ok_or_else(|| format!("the container's init {pid} vanished before start"))?;
+                Ok(Pending {
+                    stdin: self.stdin,
+                    stdout: self.stdout,
+                    init,
+                })
+            }
+            Message::Failed { message } => Err(message),
+            other => Err(format!("the supervisor said {other:?} instead of creating")),
+        }
     }
 }
 
@@ -91,7 +121,7 @@ impl Pending {
         match read_message(&mut self.stdout)? {
             Message::Started => Ok(()),
             Message::Failed { message } => Err(message),
-            Message::Created { .. } => Err("the supervisor created twice".into()),
+            other => Err(format!("the supervisor said {other:?} instead of starting")),
         }
     }
 

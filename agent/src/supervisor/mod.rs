@@ -6,12 +6,20 @@
 //! supervisor is re-parented to init), calls `setsid(2)` (its own session and process group:
 //! a signal to the agent's group does not reach it), then speaks a line protocol:
 //!
-//! 1. it creates the container through `oci`'s runtime (libcontainer clones the init as its
+//! 1. it enters a mount namespace of its own (a slave of the node's: the node's mounts and
+//!    unmounts reach it, its own mounts do not leave it), assembles the container's root
+//!    filesystem there as the config's [`RootfsPlan`] says, and writes [`Message::Prepared`]
+//!    with its pid. The agent reads the root filesystem through `/proc/<pid>/root` to render
+//!    the bundle (the image's users, the command's path), then writes `create`. The mounts
+//!    live as long as the namespace: they go away with the supervisor and its container, even
+//!    when the agent is not there to unmount them;
+//! 2. it creates the container through `oci`'s runtime (libcontainer clones the init as its
 //!    child) and writes [`Message::Created`] with the init's pid, or [`Message::Failed`];
-//! 2. the agent places the pid under its isolators and writes `start`; the supervisor starts
-//!    the container and answers [`Message::Started`]. End of file instead of `start` (the agent
-//!    died) deletes the container and records [`ExitStatus::Aborted`];
-//! 3. it copies the container's stdout and stderr into the sandbox with size-based rotation
+//! 3. the agent places the pid under its isolators and writes `start`; the supervisor starts
+//!    the container and answers [`Message::Started`]. End of file instead of `create` or
+//!    `start` (the agent died or gave up) deletes the container and records
+//!    [`ExitStatus::Aborted`];
+//! 4. it copies the container's stdout and stderr into the sandbox with size-based rotation
 //!    until the init exits, reaps it, and writes the exit status atomically to the exit file
 //!    in the agent's checkpoint directory. It does not delete the container: the agent still
 //!    reads the container's cgroup (an OOM kill) before it destroys it.
@@ -35,6 +43,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, ExitRecord, ExitStatus};
+use crate::containerizer::provision::RootfsPlan;
 use logs::RotatingLog;
 
 /// What the agent tells a supervisor (written to `meta/containers/<id>/supervisor.json`).
@@ -58,12 +67,18 @@ pub struct SupervisorConfig {
     pub log_max_bytes: u64,
     /// Rotated files kept per stream.
     pub log_max_files: u32,
+    /// The root filesystem to assemble in the supervisor's mount namespace (`None`: the
+    /// bundle's is ready, and the supervisor stays in the agent's namespace).
+    #[serde(default)]
+    pub rootfs: Option<RootfsPlan>,
 }
 
 /// One line from the supervisor to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Message {
+    /// The root filesystem is assembled in the mount namespace of the supervisor `pid`.
+    Prepared { pid: u32 },
     /// The init exists (in its namespaces and cgroup) and waits for `start`.
     Created { pid: u32 },
     /// The command is running.
@@ -72,6 +87,8 @@ pub enum Message {
     Failed { message: String },
 }
 
+/// The line the agent sends once the bundle is written.
+pub const CREATE: &str = "create";
 /// The line the agent sends to let the command run.
 pub const START: &str = "start";
 
@@ -159,7 +176,42 @@ fn pipe() -> Result<(File, OwnedFd), String> {
     Ok((File::from(r), w))
 }
 
+/// Moves the supervisor into a mount namespace of its own, a recursive slave of the node's
+/// (so unmounting a node's filesystem is not held up by a copy of it here).
+fn enter_mount_namespace() -> Result<(), String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot create a mount namespace: {e}"))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_SLAVE | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make the mount namespace a slave of the node's: {e}"))
+}
+
+/// Reads the agent's next line; true when it is `expected` (anything else, end of file
+/// included, means the agent gave up on the container).
+fn agent_says(expected: &str) -> bool {
+    let mut line = String::new();
+    let _ = io::stdin().lock().read_line(&mut line);
+    line.trim() == expected
+}
+
 fn supervise(config: &SupervisorConfig) -> Result<(), String> {
+    if let Some(plan) = &config.rootfs {
+        enter_mount_namespace()?;
+        plan.assemble(&config.bundle)?;
+        send(&Message::Prepared {
+            pid: std::process::id(),
+        });
+        if !agent_says(CREATE) {
+            record_exit(config, ExitStatus::Aborted);
+            close_protocol();
+            return Ok(());
+        }
+    }
     let mut stdout_log =
         RotatingLog::open(&config.stdout, config.log_max_bytes, config.log_max_files)
             .map_err(|e| format!("open {}: {e}", config.stdout.display()))?;
@@ -197,9 +249,7 @@ fn supervise(config: &SupervisorConfig) -> Result<(), String> {
         .and_then(|p| u32::try_from(p).ok())
         .unwrap_or(0);
     send(&Message::Created { pid });
-    let mut line = String::new();
-    let _ = io::stdin().lock().read_line(&mut line);
-    if line.trim() != START {
+    if !agent_says(START) {
         // The agent went away (or changed its mind) before the command ran.
         let _ = container.delete(true);
         record_exit(config, ExitStatus::Aborted);
