@@ -3,6 +3,7 @@
 //!     cargo bench -p cairn-agent --bench agent             # as root
 //!     cargo bench -p cairn-agent --bench agent -- 300      # 300 sleeping tasks for the RSS part
 //!     cargo bench -p cairn-agent --bench agent -- --short-only 300   # only 300 short host tasks
+//!     cargo bench -p cairn-agent --bench agent -- --sleep-only 1000  # only 1000 sleeping tasks
 //!
 //! Prints launch-to-RUNNING latency of a cached image, the time to run 1000 short tasks on one
 //! containerizer (host filesystem and cached image), the agent daemon's idle RSS and its RSS
@@ -199,8 +200,14 @@ fn run_short(
 }
 
 /// Launches `n` sleeping tasks concurrently; returns their ids and the time it took.
-fn launch_sleepers(b: &Bench, c: &Containerizer, n: usize) -> (Vec<ContainerId>, Duration) {
-    let next = AtomicUsize::new(0);
+fn launch_sleepers(
+    b: &Bench,
+    c: &Containerizer,
+    n: usize,
+    first: usize,
+) -> (Vec<ContainerId>, Duration) {
+    let next = AtomicUsize::new(first);
+    let n = first + n;
     let start = Instant::now();
     let ids = std::thread::scope(|s| {
         let handles: Vec<_> = (0..CONCURRENCY)
@@ -309,6 +316,34 @@ fn main() {
         );
         return;
     }
+    // `--sleep-only N`: just N sleeping tasks, with the time each tenth took, then killed.
+    if let Some(i) = args.iter().position(|a| a == "--sleep-only") {
+        let n = args
+            .get(i + 1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(SHORT_TASKS);
+        let (c, _) = Containerizer::start(b.config.clone()).unwrap();
+        let mut ids = Vec::new();
+        let start = Instant::now();
+        for tenth in 0..10 {
+            let t = Instant::now();
+            let (mut part, _) = launch_sleepers(&b, &c, n / 10, tenth * (n / 10));
+            println!(
+                "sleepers {}..{}: {:.2} s",
+                ids.len(),
+                ids.len() + part.len(),
+                t.elapsed().as_secs_f64()
+            );
+            ids.append(&mut part);
+        }
+        println!(
+            "{} sleeping tasks launched in {:.2} s",
+            ids.len(),
+            start.elapsed().as_secs_f64()
+        );
+        kill_all(&c, &ids);
+        return;
+    }
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut row = |name: &str, value: String| {
         println!("{name:<58} {value}");
@@ -372,7 +407,7 @@ fn main() {
     }
 
     // 4. N sleeping tasks: supervisor memory, then the daemon's RSS once it recovered them.
-    let (ids, took) = launch_sleepers(&b, &c, sleepers);
+    let (ids, took) = launch_sleepers(&b, &c, sleepers, 0);
     let running: Vec<_> = ids
         .iter()
         .filter(|id| c.termination(id).is_none())
