@@ -456,7 +456,7 @@ impl Inner {
     /// Have the monitor woken when this container's exit file appears.
     fn watch_exit(&self, id: &ContainerId) {
         if let Some(w) = &self.exit_watch {
-            w.watch(&self.layout.container_meta(id));
+            w.watch(&self.layout.container_meta(id), id);
         }
     }
 
@@ -548,6 +548,11 @@ impl Inner {
                     .is_some_and(|e| e.record.kill_requested);
                 if killed {
                     self.signal(id, Signal::SIGKILL);
+                }
+                // A command that ended before it was RUNNING here: the monitor skipped its
+                // exit file then, and would find it only at its next sweep.
+                if self.layout.exit_file(id).exists() {
+                    self.finish_once(id);
                 }
             }
             Err(t) => self.destroy(id, t),
@@ -767,6 +772,25 @@ impl Inner {
         }
     }
 
+    /// Finishes a RUNNING container whose init ended, unless another thread already is (the
+    /// monitor and a launch can both notice the same exit).
+    fn finish_once(&self, id: &ContainerId) {
+        let claimed = match lock(&self.containers).get_mut(id) {
+            Some(e)
+                if !e.destroying
+                    && e.record.termination.is_none()
+                    && e.record.state == ContainerState::Running =>
+            {
+                e.destroying = true;
+                true
+            }
+            _ => false,
+        };
+        if claimed {
+            self.finish(id);
+        }
+    }
+
     /// The container's init ended (or its supervisor is gone): decide the task's end and
     /// destroy the container.
     fn finish(&self, id: &ContainerId) {
@@ -880,7 +904,7 @@ impl Inner {
             let ended =
                 self.layout.exit_file(&id).exists() || supervisor.is_some_and(|s| !s.is_alive());
             if ended {
-                self.finish(&id);
+                self.finish_once(&id);
                 continue;
             }
             for i in watch {
@@ -893,18 +917,38 @@ impl Inner {
     }
 }
 
+/// How often the monitor sweeps every container when inotify reports exits: vanished
+/// supervisors and the isolators' periodic checks (`cgroups/mem` watches every second) need
+/// no more.
+const SWEEP_WITH_EXIT_WATCH: Duration = Duration::from_secs(1);
+
 fn monitor(inner: &Weak<Inner>, interval: Duration) {
+    let mut last_sweep: Option<Instant> = None;
+    let mut exited = Vec::new();
     loop {
         let Some(inner) = inner.upgrade() else { return };
         if inner.stop.load(Ordering::Acquire) {
             return;
         }
-        inner.poll();
-        // Until an exit file appears or the interval passes (held at most `interval`: a
-        // dropped containerizer joins this thread after setting `stop`).
+        let every = if inner.exit_watch.is_some() {
+            interval.max(SWEEP_WITH_EXIT_WATCH)
+        } else {
+            interval
+        };
+        if last_sweep.is_none_or(|at| at.elapsed() >= every) {
+            inner.poll();
+            last_sweep = Some(Instant::now());
+        } else {
+            for id in exited.drain(..) {
+                inner.finish_once(&id);
+            }
+        }
+        // Until an exit file appears or the sweep is due (held at most `interval`: a dropped
+        // containerizer joins this thread after setting `stop`).
+        let next_sweep = last_sweep.map_or(Duration::ZERO, |at| every.saturating_sub(at.elapsed()));
         match &inner.exit_watch {
-            Some(w) => w.wait(interval),
-            None => std::thread::sleep(interval),
+            Some(w) => exited = w.wait(next_sweep.min(interval)),
+            None => std::thread::sleep(next_sweep),
         }
         drop(inner);
     }

@@ -102,13 +102,14 @@ pub(super) fn recover(inner: &Arc<Inner>) -> Result<Recovery, ContainerizerError
             recovery.terminated.push((id, task, t));
             continue;
         }
+        // Watched before the check, so an exit between the two is reported.
+        inner.watch_exit(&id);
         let exited = inner.layout.exit_file(&id).exists();
         let supervised = record.supervisor.is_some_and(|s| s.is_alive());
         let state = record.state;
         insert(inner, record);
         match state {
             ContainerState::Running if !exited && supervised => {
-                inner.watch_exit(&id);
                 recovery.adopted.push((id, task));
                 continue;
             }
