@@ -66,8 +66,9 @@ pub struct AgentArgs {
     /// TLS private key (PEM); with --tls-cert [default: none].
     #[arg(long, env = "CAIRN_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Credential file for authenticating to the master: one line `principal secret`.
-    /// Accepted and checked now; sent once the master authenticates agents [default: none].
+    /// Credential file for authenticating to the master: one line `principal secret`, sent
+    /// as HTTP Basic authentication on every request to the master (needed when the master
+    /// sets `authenticate_agents`) [default: none].
     #[arg(long, env = "CAIRN_CREDENTIAL")]
     pub credential: Option<PathBuf>,
     /// On SIGTERM, kill every task gracefully before exiting; otherwise (the default, for

@@ -1,6 +1,8 @@
 //! The CLI's HTTP client: blocking (ureq), JSON in and out, Mesos's `307` redirects to the
 //! leading master followed by hand (ureq does not re-POST a body across a redirect), and
-//! errors that say which endpoint could not be reached and why.
+//! errors that say which endpoint could not be reached and why. A master endpoint can carry
+//! HTTP Basic credentials ([`Endpoint::with_basic_auth`]), sent with every request to it;
+//! a `401` is [`HttpError::Unauthorized`], whose message says how to authenticate.
 
 use std::io::Read;
 use std::time::Duration;
@@ -38,6 +40,20 @@ pub enum HttpError {
         url: String,
         source: serde_json::Error,
     },
+    /// `401`: credentials missing or refused.
+    #[error("{what} at {url} {}: {body}; {}", match principal {
+        Some(p) => format!("rejected the credentials of principal '{p}' (401 Unauthorized)"),
+        None => "requires authentication (401 Unauthorized)".to_string(),
+    }, match principal {
+        Some(_) => "check --principal and --secret-file (or --credential)",
+        None => "give --principal NAME --secret-file FILE, or --credential FILE (`principal secret`)",
+    })]
+    Unauthorized {
+        what: &'static str,
+        url: String,
+        principal: Option<String>,
+        body: String,
+    },
     #[error("{what} at {url} redirected more than {MAX_REDIRECTS} times")]
     RedirectLoop { what: &'static str, url: String },
 }
@@ -48,6 +64,8 @@ pub struct Endpoint {
     pub base: String,
     pub what: &'static str,
     agent: ureq::Agent,
+    /// The principal and the `Authorization` header value sent with every request.
+    auth: Option<(String, String)>,
 }
 
 /// `host:port` or a URL, without a trailing slash; `http://` is assumed.
@@ -103,7 +121,18 @@ impl Endpoint {
             base: normalize(base),
             what,
             agent: agent(Some(Duration::from_secs(30))),
+            auth: None,
         }
+    }
+
+    /// Sends `principal:secret` as HTTP Basic authentication with every request.
+    #[must_use]
+    pub fn with_basic_auth(mut self, principal: &str, secret: &str) -> Self {
+        use base64::Engine as _;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{principal}:{secret}"));
+        self.auth = Some((principal.to_string(), format!("Basic {token}")));
+        self
     }
 
     /// The same endpoint without a request timeout (for streams).
@@ -112,6 +141,7 @@ impl Endpoint {
             base: self.base.clone(),
             what: self.what,
             agent: agent(None),
+            auth: self.auth.clone(),
         }
     }
 
@@ -151,6 +181,9 @@ impl Endpoint {
         for _ in 0..=MAX_REDIRECTS {
             let result = if method == "GET" {
                 let mut req = self.agent.get(&url);
+                if let Some((_, auth)) = &self.auth {
+                    req = req.header("Authorization", auth);
+                }
                 for (k, v) in headers {
                     req = req.header(*k, *v);
                 }
@@ -161,6 +194,9 @@ impl Endpoint {
                     .post(&url)
                     .header("Content-Type", "application/json")
                     .header("Accept", "application/json");
+                if let Some((_, auth)) = &self.auth {
+                    req = req.header("Authorization", auth);
+                }
                 for (k, v) in headers {
                     req = req.header(*k, *v);
                 }
@@ -190,6 +226,21 @@ impl Endpoint {
                     url = loc;
                     continue;
                 }
+            }
+            if status == 401 {
+                let mut text = String::new();
+                let _ = resp
+                    .into_body()
+                    .into_reader()
+                    .take(64 << 10)
+                    .read_to_string(&mut text);
+                return Err(HttpError::Unauthorized {
+                    what: self.what,
+                    url,
+                    principal: self.auth.as_ref().map(|(p, _)| p.clone()),
+                    // One line: the master's reason, without its trailing newline.
+                    body: text.split_whitespace().collect::<Vec<_>>().join(" "),
+                });
             }
             let body: Box<dyn Read + Send> = Box::new(resp.into_body().into_reader());
             return Ok(Answer {

@@ -15,6 +15,7 @@ mod size;
 mod table;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,17 @@ struct Cli {
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Principal to authenticate to the master as (HTTP Basic), with --secret-file; needed
+    /// when the master sets `authenticate_*`.
+    #[arg(long, global = true, env = "CAIRN_PRINCIPAL")]
+    principal: Option<String>,
+    /// File holding the secret of --principal (surrounding whitespace ignored).
+    #[arg(long, global = true, env = "CAIRN_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Credential file in the agent's form, one line `principal secret`: instead of
+    /// --principal and --secret-file.
+    #[arg(long, global = true, env = "CAIRN_CREDENTIAL")]
+    credential: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -202,6 +214,41 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The principal and secret to send to the master, from --credential or
+/// --principal/--secret-file.
+fn credential(cli: &Cli) -> anyhow::Result<Option<(String, String)>> {
+    use anyhow::Context as _;
+    match (&cli.credential, &cli.principal, &cli.secret_file) {
+        (None, None, None) => Ok(None),
+        (Some(path), None, None) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--credential {}", path.display()))?;
+            let mut words = text.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(p), Some(s), None) => Ok(Some((p.to_string(), s.to_string()))),
+                _ => anyhow::bail!(
+                    "--credential {}: expected one line `principal secret`",
+                    path.display()
+                ),
+            }
+        }
+        (Some(_), _, _) => {
+            anyhow::bail!("give either --credential or --principal with --secret-file, not both")
+        }
+        (None, Some(principal), Some(path)) => {
+            let secret = std::fs::read_to_string(path)
+                .with_context(|| format!("--secret-file {}", path.display()))?;
+            let secret = secret.trim();
+            if secret.is_empty() {
+                anyhow::bail!("--secret-file {}: empty", path.display());
+            }
+            Ok(Some((principal.clone(), secret.to_string())))
+        }
+        (None, Some(_), None) => anyhow::bail!("--principal needs --secret-file"),
+        (None, None, Some(_)) => anyhow::bail!("--secret-file needs --principal"),
+    }
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     // Commands that never talk to the master must not wait for a ZooKeeper lookup.
     let talks_to_master = !matches!(
@@ -214,6 +261,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         cli.master.clone()
     };
     let mut master = http::Endpoint::new(&base, "master");
+    if talks_to_master {
+        if let Some((principal, secret)) = credential(&cli)? {
+            master = master.with_basic_auth(&principal, &secret);
+        }
+    }
     match cli.command {
         Command::Run {
             image,

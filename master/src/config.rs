@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::CoreConfig;
+use crate::credentials::{AuthConfig, Credentials};
 use crate::election::{ZkConfig, ZkUrl};
 
 /// Settings in the config file; every key is optional. Unknown keys are refused, naming
@@ -33,6 +34,17 @@ pub struct FileConfig {
     pub zk: Option<String>,
     /// The ZooKeeper session timeout; a leader that loses its session steps down.
     pub zk_session_timeout_secs: Option<f64>,
+    /// Principals and secrets (Mesos's `--credentials`): JSON
+    /// `{"credentials": [{"principal", "secret"}]}` or text lines `principal secret`.
+    pub credentials: Option<PathBuf>,
+    /// Scheduler API calls must authenticate (Mesos's `--authenticate_http_frameworks`).
+    pub authenticate_frameworks: Option<bool>,
+    /// Agent protocol calls must authenticate (Mesos's `--authenticate_agents`).
+    pub authenticate_agents: Option<bool>,
+    /// Operator calls that change state must authenticate.
+    pub authenticate_http_readwrite: Option<bool>,
+    /// `/state`, the metrics and operator `GET_*` calls must authenticate.
+    pub authenticate_http_readonly: Option<bool>,
 }
 
 /// Why the configuration is unusable.
@@ -59,6 +71,8 @@ pub struct Config {
     pub core: CoreConfig,
     /// ZooKeeper for leader election and the registry; `None` runs standalone.
     pub zk: Option<ZkConfig>,
+    /// Who must authenticate, and the credentials they are checked against.
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -82,6 +96,17 @@ impl Config {
                 "zk_session_timeout_secs",
                 zk.session_timeout.as_secs_f64().to_string(),
             ));
+        }
+        if let Some((path, _)) = &self.auth.credentials {
+            flags.push(flag("credentials", path.display().to_string()));
+        }
+        for (name, on) in [
+            ("authenticate_frameworks", self.auth.frameworks),
+            ("authenticate_agents", self.auth.agents),
+            ("authenticate_http_readwrite", self.auth.http_readwrite),
+            ("authenticate_http_readonly", self.auth.http_readonly),
+        ] {
+            flags.push(flag(name, on.to_string()));
         }
         flags.sort_by(|a, b| a.name.cmp(&b.name));
         flags
@@ -132,6 +157,17 @@ impl FileConfig {
             zk_session_timeout_secs: over
                 .zk_session_timeout_secs
                 .or(self.zk_session_timeout_secs),
+            credentials: over.credentials.or(self.credentials),
+            authenticate_frameworks: over
+                .authenticate_frameworks
+                .or(self.authenticate_frameworks),
+            authenticate_agents: over.authenticate_agents.or(self.authenticate_agents),
+            authenticate_http_readwrite: over
+                .authenticate_http_readwrite
+                .or(self.authenticate_http_readwrite),
+            authenticate_http_readonly: over
+                .authenticate_http_readonly
+                .or(self.authenticate_http_readonly),
         }
     }
 
@@ -178,6 +214,7 @@ impl FileConfig {
             }
             None => None,
         };
+        let auth = self.auth()?;
         let core = CoreConfig {
             framework_heartbeat: secs(
                 "framework_heartbeat_secs",
@@ -213,7 +250,48 @@ impl FileConfig {
             )?,
             core,
             zk,
+            auth,
         })
+    }
+
+    /// The `credentials` file, read and checked, and the `authenticate_*` switches; a switch
+    /// on without `credentials` is an error naming both.
+    fn auth(&self) -> Result<AuthConfig, ConfigError> {
+        let credentials = match &self.credentials {
+            Some(path) => {
+                let c = Credentials::load(path).map_err(|e| ConfigError::Invalid {
+                    key: "credentials",
+                    message: e.to_string(),
+                })?;
+                Some((path.clone(), std::sync::Arc::new(c)))
+            }
+            None => None,
+        };
+        let auth = AuthConfig {
+            credentials,
+            frameworks: self.authenticate_frameworks.unwrap_or(false),
+            agents: self.authenticate_agents.unwrap_or(false),
+            http_readwrite: self.authenticate_http_readwrite.unwrap_or(false),
+            http_readonly: self.authenticate_http_readonly.unwrap_or(false),
+        };
+        if auth.credentials.is_none() {
+            for (key, on) in [
+                ("authenticate_frameworks", auth.frameworks),
+                ("authenticate_agents", auth.agents),
+                ("authenticate_http_readwrite", auth.http_readwrite),
+                ("authenticate_http_readonly", auth.http_readonly),
+            ] {
+                if on {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        message: "is true but `credentials` (the file of principals and \
+                                  secrets to check against) is not set"
+                            .into(),
+                    });
+                }
+            }
+        }
+        Ok(auth)
     }
 }
 
@@ -262,6 +340,68 @@ mod tests {
         .to_string();
         assert!(e.contains("agent_timeout_secs"), "{e}");
         assert!(FileConfig::load(&dir.path().join("none.toml"), false).is_ok());
+    }
+
+    #[test]
+    fn authentication_needs_credentials_and_bad_files_are_named() {
+        let cfg = FileConfig::default().resolve().unwrap();
+        assert!(!cfg.auth.any() && cfg.auth.credentials.is_none());
+        for key in [
+            "authenticate_frameworks",
+            "authenticate_agents",
+            "authenticate_http_readwrite",
+            "authenticate_http_readonly",
+        ] {
+            let text = format!("{key} = true\n");
+            let file: FileConfig = toml::from_str(&text).unwrap();
+            let e = file.resolve().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("`credentials`"), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::write(&creds, "fw s3cret\nbroken\n").unwrap();
+        let e = FileConfig {
+            credentials: Some(creds.clone()),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("setting credentials: "), "{e}");
+        assert!(
+            e.contains(&creds.display().to_string()) && e.contains("line 2"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = FileConfig {
+            credentials: Some(dir.path().join("missing")),
+            authenticate_agents: Some(true),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("setting credentials") && e.contains("missing"),
+            "{e}"
+        );
+
+        std::fs::write(&creds, "fw s3cret\n").unwrap();
+        let cfg = FileConfig {
+            credentials: Some(creds.clone()),
+            authenticate_frameworks: Some(true),
+            authenticate_http_readonly: Some(true),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(cfg.auth.frameworks && cfg.auth.http_readonly);
+        assert!(!cfg.auth.agents && !cfg.auth.http_readwrite);
+        let flags = format!("{:?}", cfg.flags());
+        assert!(
+            flags.contains("authenticate_frameworks") && !flags.contains("s3cret"),
+            "{flags}"
+        );
     }
 
     #[test]

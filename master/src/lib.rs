@@ -8,6 +8,7 @@
 pub mod allocator;
 pub mod config;
 pub mod core;
+pub mod credentials;
 pub use cairn_durable as durable;
 pub mod election;
 pub mod http;

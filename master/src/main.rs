@@ -66,6 +66,25 @@ struct Args {
     /// ZooKeeper session timeout in seconds; a leader that loses its session steps down [default: 10].
     #[arg(long, env = "CAIRN_ZK_SESSION_TIMEOUT_SECS")]
     zk_session_timeout_secs: Option<f64>,
+    /// Principals and secrets that may authenticate (HTTP Basic): JSON
+    /// {"credentials":[{"principal":"p","secret":"s"}]} or lines `principal secret`
+    /// [default: none].
+    #[arg(long, env = "CAIRN_CREDENTIALS")]
+    credentials: Option<PathBuf>,
+    /// Scheduler API calls must authenticate; needs --credentials [default: false].
+    #[arg(long, env = "CAIRN_AUTHENTICATE_FRAMEWORKS", num_args = 0..=1, default_missing_value = "true")]
+    authenticate_frameworks: Option<bool>,
+    /// Agents must authenticate (their `credential`); needs --credentials [default: false].
+    #[arg(long, env = "CAIRN_AUTHENTICATE_AGENTS", num_args = 0..=1, default_missing_value = "true")]
+    authenticate_agents: Option<bool>,
+    /// Operator API calls that change state must authenticate; needs --credentials
+    /// [default: false].
+    #[arg(long, env = "CAIRN_AUTHENTICATE_HTTP_READWRITE", num_args = 0..=1, default_missing_value = "true")]
+    authenticate_http_readwrite: Option<bool>,
+    /// /state, /metrics, /metrics/snapshot and operator GET_* calls must authenticate; needs
+    /// --credentials (/health and /version stay open) [default: false].
+    #[arg(long, env = "CAIRN_AUTHENTICATE_HTTP_READONLY", num_args = 0..=1, default_missing_value = "true")]
+    authenticate_http_readonly: Option<bool>,
 }
 
 #[tokio::main]
@@ -93,6 +112,11 @@ async fn main() -> anyhow::Result<()> {
             subscriber_queue: args.subscriber_queue,
             zk: args.zk,
             zk_session_timeout_secs: args.zk_session_timeout_secs,
+            credentials: args.credentials,
+            authenticate_frameworks: args.authenticate_frameworks,
+            authenticate_agents: args.authenticate_agents,
+            authenticate_http_readwrite: args.authenticate_http_readwrite,
+            authenticate_http_readonly: args.authenticate_http_readonly,
         })
         .resolve()?;
 
@@ -104,7 +128,9 @@ async fn main() -> anyhow::Result<()> {
             let path = cfg.work_dir.join("registry.json");
             let (store, registry) = cairn_master::registry::FileRegistry::open(&path)?;
             let master = cairn_master::core::Master::new(cfg.core.clone(), registry, None);
-            let shared = cairn_master::http::Shared::new(master).with_flags(cfg.flags());
+            let shared = cairn_master::http::Shared::new(master)
+                .with_flags(cfg.flags())
+                .with_auth(cfg.auth.clone());
             let writer = cairn_master::registry::file_store(store, shared.clone());
             shared.lock().set_store(Box::new(writer));
             tracing::info!(listen = %cfg.listen, registry = %path.display(), "cairn-master serving (standalone: leading)");
@@ -121,8 +147,9 @@ async fn main() -> anyhow::Result<()> {
             let election = cairn_master::election::start(Some(zk), info.clone());
             let gate = Gate::contending(info.id, election.detector.leader());
             let standby = cairn_master::core::Master::new(core.clone(), Registry::default(), None);
-            let shared =
-                cairn_master::http::Shared::with_gate(standby, gate).with_flags(cfg.flags());
+            let shared = cairn_master::http::Shared::with_gate(standby, gate)
+                .with_flags(cfg.flags())
+                .with_auth(cfg.auth.clone());
             let task = tokio::spawn(cairn_master::leadership::run(
                 election,
                 shared.clone(),
@@ -131,6 +158,15 @@ async fn main() -> anyhow::Result<()> {
             (shared, Some(task))
         }
     };
+    if cfg.auth.any() {
+        tracing::info!(
+            frameworks = cfg.auth.frameworks,
+            agents = cfg.auth.agents,
+            http_readwrite = cfg.auth.http_readwrite,
+            http_readonly = cfg.auth.http_readonly,
+            "authentication required (HTTP Basic)"
+        );
+    }
     let ticker = shared.spawn_ticker(cfg.allocation_interval);
     // On SIGTERM/SIGINT the subscriber streams are closed first: a graceful shutdown waits
     // for responses to end, and an event stream never ends by itself. Connections still

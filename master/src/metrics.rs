@@ -12,6 +12,9 @@
 //!   live state now, `cairn_master_tasks{state="TASK_RUNNING"}` (gauge), and tasks that
 //!   reached a terminal state since the master started,
 //!   `cairn_master_tasks_terminal_total{state="TASK_FINISHED"}` (counter).
+//! - Requests refused for want of valid credentials, by the setting that required them:
+//!   `cairn_master_authentication_failures_total{kind="agent"}` (counter; kinds `framework`,
+//!   `agent`, `readwrite`, `readonly`; from `master/authentication_failures/<kind>`).
 
 use std::collections::BTreeMap;
 use std::str::FromStr as _;
@@ -79,7 +82,19 @@ pub fn render(snapshot: &BTreeMap<String, f64>) -> Result<String, prometheus::Er
         ),
         &["state"],
     )?;
+    let auth_failures = CounterVec::new(
+        Opts::new(
+            "cairn_master_authentication_failures_total",
+            "Requests refused for missing or invalid credentials (or a principal mismatch), by \
+             the setting that required authentication",
+        ),
+        &["kind"],
+    )?;
     for (key, value) in snapshot {
+        if let Some(kind) = key.strip_prefix(crate::http::auth::FAILURES_PREFIX) {
+            auth_failures.with_label_values(&[kind]).inc_by(*value);
+            continue;
+        }
         if let Some(state) = key.strip_prefix("master/tasks_") {
             let state = format!("TASK_{}", state.to_ascii_uppercase());
             match TaskState::from_str(&state) {
@@ -103,6 +118,7 @@ pub fn render(snapshot: &BTreeMap<String, f64>) -> Result<String, prometheus::Er
     }
     registry.register(Box::new(live))?;
     registry.register(Box::new(terminal))?;
+    registry.register(Box::new(auth_failures))?;
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())

@@ -1,7 +1,9 @@
 //! End to end with a real Mesos scheduler library: pymesos 0.3.15 (installed by
 //! `scripts/setup` in `.cache/pymesos-venv`) subscribes to cairn-master, receives offers,
 //! launches on a simulated agent, sees RUNNING and FINISHED (and acknowledges them), kills a
-//! task and reconciles. Skips with a reason without the venv, fails under CAIRN_TESTS_STRICT.
+//! task and reconciles; and the same against a `cairn-master` process that authenticates
+//! frameworks and agents, pymesos sending its principal and secret. Skips with a reason
+//! without the venv, fails under CAIRN_TESTS_STRICT.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -22,26 +24,80 @@ fn venv_python() -> Option<PathBuf> {
     py.is_file().then_some(py)
 }
 
-#[test]
-fn pymesos_subscribes_launches_kills_and_reconciles() {
-    let Some(python) = venv_python() else {
+fn python_or_skip() -> Option<PathBuf> {
+    let python = venv_python();
+    if python.is_none() {
         let reason = "pymesos venv missing (run scripts/setup)";
         assert!(
             std::env::var_os("CAIRN_TESTS_STRICT").is_none(),
             "pymesos_e2e cannot run: {reason} (CAIRN_TESTS_STRICT is set)"
         );
         eprintln!("skipping pymesos_e2e: {reason}");
+    }
+    python
+}
+
+#[test]
+fn pymesos_subscribes_launches_kills_and_reconciles() {
+    let Some(python) = python_or_skip() else {
         return;
     };
     let m = TestMaster::start(CoreConfig::default(), Duration::from_millis(50));
     let agent = SimAgent::start(m.addr, "cpus:2;mem:512");
+    drive(&python, m.addr, &agent, None);
+}
+
+#[test]
+fn pymesos_authenticates_with_principal_and_secret() {
+    let Some(python) = python_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::write(&creds, "pymesos py-secret\nagent agent-secret\n").unwrap();
+    let m = support::MasterProcess::start(&format!(
+        "credentials = {creds:?}\nauthenticate_frameworks = true\nauthenticate_agents = true\n"
+    ));
+    let agent = SimAgent::start_as(
+        m.addr,
+        "cpus:2;mem:512",
+        Some(support::basic("agent", "agent-secret")),
+    );
+    // Without its secret pymesos is refused (it gives up after its timeout; only the 401
+    // matters here).
+    let r = support::post_json(
+        m.addr,
+        "/api/v1/scheduler",
+        &serde_json::json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {
+            "user": "root", "name": "x"}}}),
+        &[],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    drive(&python, m.addr, &agent, Some(("pymesos", "py-secret")));
+    // The framework was recorded with the principal pymesos authenticated as.
+    let state = support::request(m.addr, "GET", "/state", &[], b"").json();
+    let frameworks = state["frameworks"].as_array().unwrap();
+    assert!(
+        frameworks.iter().any(|f| f["principal"] == "pymesos"),
+        "{state}"
+    );
+}
+
+/// Runs the pymesos scheduler against the master at `addr`, playing `agent`'s part, and
+/// checks every milestone.
+fn drive(
+    python: &std::path::Path,
+    addr: std::net::SocketAddr,
+    agent: &SimAgent,
+    auth: Option<(&str, &str)>,
+) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pymesos/scheduler.py");
-    let child = Command::new(python)
-        .arg(&script)
-        .arg(m.addr.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).arg(addr.to_string());
+    if let Some((principal, secret)) = auth {
+        cmd.args([principal, secret]);
+    }
+    let child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
 
     // The simulated agent: py-1 runs and finishes, py-2 runs until killed.
     let mut n = 0u8;

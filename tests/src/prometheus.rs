@@ -26,6 +26,8 @@ pub struct ScrapeJob {
     name: String,
     targets: Vec<String>,
     metrics_path: String,
+    /// `basic_auth` (username, password) for the scrapes.
+    basic_auth: Option<(String, String)>,
 }
 
 impl ScrapeJob {
@@ -35,7 +37,15 @@ impl ScrapeJob {
             name: name.to_string(),
             targets: targets.to_vec(),
             metrics_path: "/metrics".into(),
+            basic_auth: None,
         }
+    }
+
+    /// Scrapes with HTTP Basic authentication (`basic_auth` in the scrape config).
+    #[must_use]
+    pub fn basic_auth(mut self, username: &str, password: &str) -> Self {
+        self.basic_auth = Some((username.to_string(), password.to_string()));
+        self
     }
 
     /// Scrapes `path` instead of `/metrics`.
@@ -219,11 +229,15 @@ fn config_json(jobs: &[ScrapeJob]) -> Value {
     let scrape_configs: Vec<Value> = jobs
         .iter()
         .map(|job| {
-            json!({
+            let mut config = json!({
                 "job_name": job.name,
                 "metrics_path": job.metrics_path,
                 "static_configs": [{ "targets": job.targets }],
-            })
+            });
+            if let Some((username, password)) = &job.basic_auth {
+                config["basic_auth"] = json!({ "username": username, "password": password });
+            }
+            config
         })
         .collect();
     json!({

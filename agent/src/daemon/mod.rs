@@ -263,6 +263,7 @@ impl Daemon {
                 heartbeat_interval: config.heartbeat_interval,
                 registration_backoff: config.registration_backoff,
                 status_retry: config.status_update_retry,
+                credential: config.credential.clone(),
             },
             done.clone(),
         ));

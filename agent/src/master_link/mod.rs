@@ -11,6 +11,10 @@
 //! When the stream ends or a call fails, the session is over: the link backs off
 //! (doubling up to a minute), tries the next master, and reregisters.
 //!
+//! With a `credential`, every request carries it as HTTP Basic authentication (the master's
+//! `authenticate_agents`); a `401` is logged as an error naming the principal, and retried
+//! with the same backoff.
+//!
 //! With a `zk://` master the link follows the leader elected in ZooKeeper
 //! ([`cairn_zk::ZkDetector`], the `json.info_` znodes Mesos masters write): it waits for one,
 //! and when ZooKeeper names another leader (or none) it ends the session and reregisters with
@@ -58,6 +62,8 @@ pub struct LinkConfig {
     /// First resend delay of an unacknowledged status update; doubles up to
     /// [`STATUS_RETRY_MAX`].
     pub status_retry: Duration,
+    /// `principal secret` sent as HTTP Basic authentication on every request.
+    pub credential: Option<(String, String)>,
 }
 
 /// The longest delay between registration attempts.
@@ -73,6 +79,16 @@ const TICK: Duration = Duration::from_millis(50);
 enum SessionError {
     #[error("{0}")]
     Http(#[from] reqwest::Error),
+    /// `401`: the master wants a (valid) credential.
+    #[error("{call}: {}: {body}", match principal {
+        Some(p) => format!("master rejected the agent's credential for principal '{p}'"),
+        None => "master requires authentication and the agent has no `credential` set".into(),
+    })]
+    Unauthorized {
+        call: &'static str,
+        principal: Option<String>,
+        body: String,
+    },
     #[error("{call}: master answered {status}: {body}")]
     Refused {
         call: &'static str,
@@ -213,6 +229,9 @@ pub async fn run(
         match link.session(&master, &mut shutdown, masters.leader()).await {
             Ok(true) => backoff = link.config.registration_backoff,
             Ok(false) => {}
+            Err(e @ SessionError::Unauthorized { .. }) => {
+                tracing::error!(%master, "master session ended: {e}; retrying in {backoff:?}");
+            }
             Err(e) => tracing::warn!(%master, "master session ended: {e}"),
         }
         if *shutdown.borrow() {
@@ -247,7 +266,14 @@ impl Link {
         call: &AgentCall,
         name: &'static str,
     ) -> Result<reqwest::Response, SessionError> {
-        post(&self.client, master, call, name).await
+        post(
+            &self.client,
+            master,
+            self.config.credential.as_ref(),
+            call,
+            name,
+        )
+        .await
     }
 
     /// One session: (re)register, subscribe, serve the stream. `Ok(true)` when it got as far
@@ -383,8 +409,9 @@ impl Link {
     fn spawn_post(&self, master: &str, call: AgentCall, name: &'static str) {
         let client = self.client.clone();
         let master = master.to_string();
+        let credential = self.config.credential.clone();
         tokio::spawn(async move {
-            if let Err(e) = post(&client, &master, &call, name).await {
+            if let Err(e) = post(&client, &master, credential.as_ref(), &call, name).await {
                 tracing::warn!(%master, "{e}");
             }
         });
@@ -394,19 +421,29 @@ impl Link {
 async fn post(
     client: &reqwest::Client,
     master: &str,
+    credential: Option<&(String, String)>,
     call: &AgentCall,
     name: &'static str,
 ) -> Result<reqwest::Response, SessionError> {
     let url = format!("http://{master}{}", cairn_api::protocol::AGENT_API_PATH);
-    let resp = client
+    let mut request = client
         .post(url)
         .header("content-type", "application/json")
-        .body(serde_json::to_vec(call).map_err(|e| SessionError::Other(e.to_string()))?)
-        .send()
-        .await?;
+        .body(serde_json::to_vec(call).map_err(|e| SessionError::Other(e.to_string()))?);
+    if let Some((principal, secret)) = credential {
+        request = request.basic_auth(principal, Some(secret));
+    }
+    let resp = request.send().await?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(SessionError::Unauthorized {
+                call: name,
+                principal: credential.map(|(p, _)| p.clone()),
+                body: body.trim().to_string(),
+            });
+        }
         return Err(SessionError::Refused {
             call: name,
             status,

@@ -151,6 +151,15 @@ impl Master {
         roles
     }
 
+    /// The principal a known framework subscribed with, if any (checked against the
+    /// authenticated principal of its calls).
+    #[must_use]
+    pub fn framework_principal(&self, id: &FrameworkId) -> Option<String> {
+        self.frameworks
+            .get(id)
+            .and_then(|f| f.info.principal.clone())
+    }
+
     /// SUBSCRIBE: a new framework, or a known one re-subscribing (failover). A second
     /// subscription replaces the first, whose stream gets an ERROR event and closes.
     ///

@@ -8,13 +8,15 @@
 //! - `POST /api/v1/agent`: the agent protocol ([`cairn_api::protocol`]).
 //! - `GET /state` (and `/master/state`, `/state.json`), `/version`, `/health`,
 //!   `/metrics/snapshot`, `/metrics` (Prometheus text).
+//!
+//! Routes that may have to authenticate carry [`auth`]'s middleware for their realm.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +32,7 @@ use tokio::sync::Notify;
 use crate::core::{AgentError, AgentReply, Master, SchedulerError, MESOS_API_VERSION};
 use crate::leadership::{Gate, Route};
 
+pub mod auth;
 mod operator;
 mod stream;
 
@@ -45,6 +48,8 @@ pub struct Shared {
     /// GET_FLAGS's answer when the process knows its whole configuration
     /// ([`Shared::with_flags`]); otherwise the core's settings are listed.
     flags: Option<Arc<Vec<op::Flag>>>,
+    /// Who must authenticate ([`Shared::with_auth`]); nobody by default.
+    auth: Arc<auth::Authenticator>,
 }
 
 /// Shortest time between two event-driven allocation cycles. Calls arriving meanwhile are
@@ -74,7 +79,24 @@ impl Shared {
             gate,
             allocation: Arc::default(),
             flags: None,
+            auth: Arc::default(),
         }
+    }
+
+    /// Requires authentication as `config` says ([`auth`]).
+    #[must_use]
+    pub fn with_auth(mut self, config: crate::credentials::AuthConfig) -> Self {
+        self.auth = Arc::new(auth::Authenticator::new(config));
+        self
+    }
+
+    /// The metrics snapshot: the master's, the leadership's and the authentication
+    /// failures.
+    pub fn metrics_snapshot(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut v = self.lock().metrics_snapshot();
+        self.gate().add_metrics(&mut v);
+        self.auth.add_metrics(&mut v);
+        v
     }
 
     /// Answers GET_FLAGS with `flags` (the binary's resolved [`crate::config::Config`]).
@@ -172,25 +194,38 @@ pub fn listener(
 /// All the master's routes. The scheduler, operator and agent APIs are leader-only: a master
 /// that does not lead redirects them ([`leader_only`]); the rest answer locally.
 pub fn router(shared: Shared) -> Router {
+    let readonly = middleware::from_fn_with_state(shared.clone(), auth::readonly);
+    let scheduler = post(scheduler).layer(middleware::from_fn_with_state(
+        shared.clone(),
+        auth::framework,
+    ));
+    let operator = post(operator).layer(middleware::from_fn_with_state(
+        shared.clone(),
+        auth::operator,
+    ));
+    let state = get(state).layer(readonly.clone());
     let leader_only_routes = Router::new()
-        .route("/api/v1/scheduler", post(scheduler))
-        .route("/master/api/v1/scheduler", post(scheduler))
-        .route(cairn_api::protocol::AGENT_API_PATH, post(agent))
-        .route("/api/v1", post(operator))
-        .route("/api/v1/{*rest}", post(operator))
-        .route("/master/api/v1", post(operator))
+        .route("/api/v1/scheduler", scheduler.clone())
+        .route("/master/api/v1/scheduler", scheduler)
+        .route(
+            cairn_api::protocol::AGENT_API_PATH,
+            post(agent).layer(middleware::from_fn_with_state(shared.clone(), auth::agent)),
+        )
+        .route("/api/v1", operator.clone())
+        .route("/api/v1/{*rest}", operator.clone())
+        .route("/master/api/v1", operator)
         .route_layer(middleware::from_fn_with_state(shared.clone(), leader_only));
     Router::new()
         .merge(leader_only_routes)
-        .route("/state", get(state))
-        .route("/state.json", get(state))
-        .route("/master/state", get(state))
-        .route("/master/state.json", get(state))
+        .route("/state", state.clone())
+        .route("/state.json", state.clone())
+        .route("/master/state", state.clone())
+        .route("/master/state.json", state)
         .route("/version", get(version))
         .route("/health", get(health))
         .route("/master/health", get(health))
-        .route("/metrics/snapshot", get(snapshot))
-        .route("/metrics", get(prometheus))
+        .route("/metrics/snapshot", get(snapshot).layer(readonly.clone()))
+        .route("/metrics", get(prometheus).layer(readonly))
         .with_state(shared)
 }
 
@@ -268,7 +303,13 @@ fn check_media(headers: &HeaderMap) -> Result<(), Box<Response>> {
     Ok(())
 }
 
-async fn scheduler(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn scheduler(
+    State(shared): State<Shared>,
+    principal: Option<Extension<auth::Principal>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = principal.map(|Extension(p)| p);
     if let Err(r) = check_media(&headers) {
         return *r;
     }
@@ -289,7 +330,13 @@ async fn scheduler(State(shared): State<Shared>, headers: HeaderMap, body: Bytes
                 format!("Failed to validate scheduler::Call: {e}"),
             );
         }
-        let sub = call.subscribe.expect("validated: subscribe is present");
+        let mut sub = call.subscribe.expect("validated: subscribe is present");
+        if let Err(r) = shared
+            .auth
+            .framework_principal(principal.as_ref(), &mut sub.framework_info.principal)
+        {
+            return *r;
+        }
         let result = shared.lock().subscribe(call.framework_id, sub, now);
         shared.request_allocation();
         return match result {
@@ -322,9 +369,22 @@ async fn scheduler(State(shared): State<Shared>, headers: HeaderMap, body: Bytes
         .get("Mesos-Stream-Id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let result = shared
-        .lock()
-        .scheduler_call(call, stream_id.as_deref(), now);
+    let result = {
+        let mut master = shared.lock();
+        if principal.is_some() {
+            let subscribed = call
+                .framework_id
+                .as_ref()
+                .and_then(|id| master.framework_principal(id));
+            if let Err(r) = shared
+                .auth
+                .same_framework_principal(principal.as_ref(), subscribed.as_deref())
+            {
+                return *r;
+            }
+        }
+        master.scheduler_call(call, stream_id.as_deref(), now)
+    };
     shared.request_allocation();
     match result {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
@@ -440,14 +500,11 @@ async fn state(State(shared): State<Shared>) -> Response {
 }
 
 async fn snapshot(State(shared): State<Shared>) -> Response {
-    let mut v = shared.lock().metrics_snapshot();
-    shared.gate().add_metrics(&mut v);
-    json_response(&v)
+    json_response(&shared.metrics_snapshot())
 }
 
 async fn prometheus(State(shared): State<Shared>) -> Response {
-    let mut snapshot = shared.lock().metrics_snapshot();
-    shared.gate().add_metrics(&mut snapshot);
+    let snapshot = shared.metrics_snapshot();
     match crate::metrics::render(&snapshot) {
         Ok(body) => (
             StatusCode::OK,

@@ -73,6 +73,7 @@ fn answer(
         op::CallType::GetMetrics => {
             let mut snapshot = m.metrics_snapshot();
             shared.gate().add_metrics(&mut snapshot);
+            shared.auth.add_metrics(&mut snapshot);
             r.get_metrics = Some(op::GetMetrics {
                 metrics: snapshot
                     .into_iter()

@@ -1,6 +1,8 @@
 """A pymesos 0.3.15 scheduler against cairn-master: subscribe, take an offer, launch a
 task, see RUNNING then FINISHED (acknowledged by pymesos), launch a second task and kill it,
-reconcile. Prints one line per milestone; exits 0 when all were seen."""
+reconcile. Prints one line per milestone; exits 0 when all were seen.
+
+Usage: scheduler.py HOST:PORT [PRINCIPAL SECRET]"""
 import sys
 import threading
 import uuid
@@ -56,8 +58,12 @@ class Test(Scheduler):
             done.set()
 
 
+# Optional: principal and secret, sent as HTTP Basic authentication.
+principal = sys.argv[2] if len(sys.argv) > 2 else None
+secret = sys.argv[3] if len(sys.argv) > 3 else None
 driver = MesosSchedulerDriver(
-    Test(), {"user": "root", "name": "pymesos-e2e", "hostname": "localhost"}, master, use_addict=False
+    Test(), {"user": "root", "name": "pymesos-e2e", "hostname": "localhost"}, master,
+    use_addict=False, principal=principal, secret=secret,
 )
 driver.start()
 ok = done.wait(60)

@@ -191,17 +191,24 @@ impl Drop for Stream {
 
 impl Stream {
     pub fn open(addr: SocketAddr, path: &str, body: &Value) -> Self {
+        Self::open_with(addr, path, body, &[])
+    }
+
+    /// [`Stream::open`] with `extra` headers (`Authorization`).
+    pub fn open_with(addr: SocketAddr, path: &str, body: &Value, extra: &[(&str, &str)]) -> Self {
         let mut s = TcpStream::connect(addr).unwrap();
         let socket = s.try_clone().unwrap();
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        ];
+        headers.extend_from_slice(extra);
         write_request(
             &mut s,
             addr,
             "POST",
             path,
-            &[
-                ("Content-Type", "application/json"),
-                ("Accept", "application/json"),
-            ],
+            &headers,
             body.to_string().as_bytes(),
         );
         let mut r = BufReader::new(s);
@@ -263,10 +270,30 @@ pub struct SimAgent {
     pub addr: SocketAddr,
     pub id: String,
     pub stream: Stream,
+    /// The `Authorization` header sent with every call, if any.
+    auth: Option<String>,
+}
+
+/// The `Authorization` header value of HTTP Basic authentication.
+pub fn basic(principal: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{principal}:{secret}"))
+    )
 }
 
 impl SimAgent {
     pub fn start(addr: SocketAddr, resources: &str) -> Self {
+        Self::start_as(addr, resources, None)
+    }
+
+    /// A simulated agent authenticating with `auth` (an `Authorization` value, [`basic`]).
+    pub fn start_as(addr: SocketAddr, resources: &str, auth: Option<String>) -> Self {
+        let extra: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
         let res = cairn_api::Resources::parse(resources).unwrap().to_wire();
         let r = post_json(
             addr,
@@ -274,18 +301,24 @@ impl SimAgent {
             &serde_json::json!({"type": "REGISTER", "register": {
                 "hostname": "sim-agent", "address": "127.0.0.1:5051",
                 "resources": res, "boot_id": "boot-1", "version": "test"}}),
-            &[],
+            &extra,
         );
         assert_eq!(r.status, 200, "{}", r.text());
         let id = r.json()["agent_id"]["value"].as_str().unwrap().to_string();
-        let stream = Stream::open(
+        let stream = Stream::open_with(
             addr,
             "/api/v1/agent",
             &serde_json::json!({"type": "SUBSCRIBE", "agent_id": {"value": id}}),
+            &extra,
         );
         assert_eq!(stream.status, 200);
         stream.next_of("SUBSCRIBED");
-        Self { addr, id, stream }
+        Self {
+            addr,
+            id,
+            stream,
+            auth,
+        }
     }
 
     /// Posts a status update for `task` of `framework`; returns its uuid (Base64).
@@ -299,7 +332,11 @@ impl SimAgent {
                 "status_update": {"framework_id": {"value": framework}, "status": {
                     "task_id": {"value": task}, "state": state, "source": "SOURCE_EXECUTOR",
                     "uuid": uuid}}}),
-            &[],
+            &self
+                .auth
+                .as_deref()
+                .map(|a| vec![("Authorization", a)])
+                .unwrap_or_default(),
         );
         assert_eq!(r.status, 202, "{}", r.text());
         uuid
@@ -316,4 +353,66 @@ pub fn wait(mut ok: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// `cairn-master` as a process on a free loopback port with `config` (TOML, without
+/// `listen` and `work_dir`) in a temp dir; killed (by its PID) on drop.
+pub struct MasterProcess {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl MasterProcess {
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = cairn_testsupport::ports::free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let path = dir.path().join("master.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"{addr}\"\nwork_dir = {:?}\nallocation_interval_secs = 0.05\n{config}",
+                dir.path().join("work")
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("master.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-master"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut m = Self { addr, child, dir };
+        assert!(
+            wait(|| m.child.try_wait().unwrap().is_none() && request_ok(addr, "/health")),
+            "cairn-master did not serve on {addr}:\n{}",
+            m.log()
+        );
+        m
+    }
+
+    /// What the master logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+fn request_ok(addr: SocketAddr, path: &str) -> bool {
+    TcpStream::connect(addr).is_ok() && get(addr, path).status == 200
+}
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,287 @@
+//! Authentication between the real processes: a `cairn-master` with `credentials` and every
+//! `authenticate_*` on, real `cairn-agent`s and the `cairn` CLI. An agent without a
+//! credential, and one with a wrong secret, never register and both logs say why; an agent
+//! with the right credential registers, and `cairn run` (authenticating with `--credential`)
+//! runs a task on it end to end. Needs root (the agent's containers) and the binaries built
+//! first: `cargo build -p cairn-master -p cairn-agent -p cairn-cli`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use base64::Engine as _;
+use cairn_testsupport::cgroups::CgroupParent;
+use cairn_testsupport::{free_port, require_root, wait_until, Service, ServiceDir};
+use serde_json::Value;
+
+/// Where cargo put the binaries (`CARGO_TARGET_DIR`, else the workspace's `target`).
+fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    let path = target.join("debug").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p cairn-master -p cairn-agent -p cairn-cli` first",
+        path.display()
+    );
+    path
+}
+
+/// GET `url` with HTTP Basic `ops` credentials; the body of a 200, else the status and body.
+fn get_as_ops(url: &str) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let token = base64::engine::general_purpose::STANDARD.encode("ops:ops-secret");
+    let mut response = agent
+        .get(url)
+        .header("Authorization", format!("Basic {token}"))
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(format!("GET {url}: {status} {body}"))
+    }
+}
+
+fn slaves(master_url: &str) -> Vec<Value> {
+    get_as_ops(&format!("{master_url}/state"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["slaves"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Starts a `cairn-agent` named `name` (own work dir, cgroup parent and port) with
+/// `credential` (a file path) or none.
+fn start_agent(
+    name: &str,
+    dir: &Path,
+    cgroups: &CgroupParent,
+    master: &str,
+    credential: Option<&Path>,
+) -> (Service, u16) {
+    let port = free_port();
+    let work = dir.join(name);
+    fs::create_dir_all(&work).unwrap();
+    let mut config = format!(
+        "work_dir = {work:?}\nmaster = \"{master}\"\ncgroup_parent = {:?}\n\
+         listen_ip = \"127.0.0.1\"\nport = {port}\nheartbeat_interval = 1.0\n\
+         registration_backoff = 0.2\ndrain_on_sigterm = true\n",
+        cgroups.path.join(name).to_string_lossy(),
+    );
+    if let Some(c) = credential {
+        config.push_str(&format!("credential = {c:?}\n"));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(binary("cairn-agent"));
+    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+    (Service::spawn(name, cmd, dir).unwrap(), port)
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn agents_and_the_cli_authenticate_to_the_master_and_run_a_task() {
+    let test = "auth_cluster";
+    if !require_root(test) {
+        return;
+    }
+    // Field order is drop order: services first, then cgroups, then directories.
+    let master_dir = ServiceDir::new("auth-master");
+    let agent_dir = ServiceDir::new("auth-agents");
+    let cgroups = CgroupParent::new("auth-cluster");
+
+    // Principals and secrets, in the text form; the agent's credential and the CLI's.
+    let creds = master_dir.path().join("credentials");
+    fs::write(&creds, "agent agent-secret\nops ops-secret\n").unwrap();
+    let agent_credential = agent_dir.path().join("agent-credential");
+    fs::write(&agent_credential, "agent agent-secret\n").unwrap();
+    let wrong_credential = agent_dir.path().join("wrong-credential");
+    fs::write(&wrong_credential, "agent not-the-secret\n").unwrap();
+    let cli_credential = agent_dir.path().join("cli-credential");
+    fs::write(&cli_credential, "ops ops-secret\n").unwrap();
+
+    let master_port = free_port();
+    let master_addr = format!("127.0.0.1:{master_port}");
+    let master_cfg = master_dir.path().join("master.toml");
+    fs::write(
+        &master_cfg,
+        format!(
+            "listen = \"{master_addr}\"\nwork_dir = {:?}\nallocation_interval_secs = 0.2\n\
+             agent_heartbeat_secs = 1.0\ncredentials = {creds:?}\n\
+             authenticate_frameworks = true\nauthenticate_agents = true\n\
+             authenticate_http_readwrite = true\nauthenticate_http_readonly = true\n",
+            master_dir.path().join("work"),
+        ),
+    )
+    .unwrap();
+    let mut master_cmd = Command::new(binary("cairn-master"));
+    master_cmd
+        .arg("--config")
+        .arg(&master_cfg)
+        .env("RUST_LOG", "info");
+    let mut master = Service::spawn("cairn-master", master_cmd, master_dir.path()).unwrap();
+    let master_url = format!("http://{master_addr}");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            !master.is_running() || get_as_ops(&format!("{master_url}/health")).is_ok()
+        }) && master.is_running(),
+        "the master did not come up:\n{}",
+        master.log()
+    );
+
+    // 1. Without a credential the agent cannot register, and says why.
+    let (mut anonymous, _) =
+        start_agent("anonymous", agent_dir.path(), &cgroups, &master_addr, None);
+    let why = "master requires authentication and the agent has no `credential` set";
+    assert!(
+        wait_until(Duration::from_secs(20), || anonymous.log().contains(why)),
+        "the agent did not log {why:?}:\n{}",
+        anonymous.log()
+    );
+    assert!(
+        anonymous.is_running(),
+        "the agent gave up:\n{}",
+        anonymous.log()
+    );
+    assert!(
+        master.log().contains("authentication failed"),
+        "{}",
+        master.log()
+    );
+    anonymous.stop(Duration::from_secs(10));
+
+    // 2. With a wrong secret: the error names the principal, never the secret.
+    let (mut wrong, _) = start_agent(
+        "wrong",
+        agent_dir.path(),
+        &cgroups,
+        &master_addr,
+        Some(&wrong_credential),
+    );
+    let why = "master rejected the agent's credential for principal 'agent'";
+    assert!(
+        wait_until(Duration::from_secs(20), || wrong.log().contains(why)),
+        "the agent did not log {why:?}:\n{}",
+        wrong.log()
+    );
+    wrong.stop(Duration::from_secs(10));
+    assert!(!wrong.log().contains("not-the-secret"));
+    assert!(!master.log().contains("not-the-secret"));
+    assert!(
+        master
+            .log()
+            .contains("invalid credentials for principal 'agent'"),
+        "{}",
+        master.log()
+    );
+    assert!(slaves(&master_url).is_empty(), "{:?}", slaves(&master_url));
+
+    // 3. With the right credential it registers.
+    let (agent, _) = start_agent(
+        "agent",
+        agent_dir.path(),
+        &cgroups,
+        &master_addr,
+        Some(&agent_credential),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            slaves(&master_url)
+                .iter()
+                .any(|s| s["active"] == true && s["hostname"].is_string())
+        }),
+        "the agent did not register: {:?}\nagent log:\n{}\nmaster log:\n{}",
+        slaves(&master_url),
+        agent.log(),
+        master.log()
+    );
+
+    // 4. The CLI runs a task on it, authenticating with --credential; without, it is told how.
+    let cairn = |args: &[&str]| {
+        Command::new(binary("cairn"))
+            .env("CAIRN_MASTER", &master_url)
+            .env_remove("CAIRN_CREDENTIAL")
+            .env_remove("CAIRN_PRINCIPAL")
+            .env_remove("CAIRN_SECRET_FILE")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = cairn(&[
+        "run",
+        "--timeout",
+        "120s",
+        "--",
+        "echo",
+        "hello-authenticated",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--principal"),
+        "{}",
+        show(&o)
+    );
+    let credential = cli_credential.to_str().unwrap();
+    let o = cairn(&[
+        "--credential",
+        credential,
+        "run",
+        "--timeout",
+        "120s",
+        "--",
+        "echo",
+        "hello-authenticated",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\nagent log:\n{}\nmaster log:\n{}",
+        show(&o),
+        agent.log(),
+        master.log()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("hello-authenticated"),
+        "{}",
+        show(&o)
+    );
+    let o = cairn(&["--credential", credential, "--json", "ps", "--all"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("TASK_FINISHED"),
+        "{}",
+        show(&o)
+    );
+    // The framework `cairn run` registered carries the principal it authenticated as.
+    let state: Value =
+        serde_json::from_str(&get_as_ops(&format!("{master_url}/state")).unwrap()).unwrap();
+    let frameworks = state["completed_frameworks"]
+        .as_array()
+        .into_iter()
+        .chain(state["frameworks"].as_array())
+        .flatten()
+        .collect::<Vec<_>>();
+    assert!(
+        frameworks.iter().any(|f| f["principal"] == "ops"),
+        "{state}"
+    );
+}
