@@ -19,7 +19,9 @@ pub use cairn_durable as durable;
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use cairn_api::{AgentId, ContainerId, TaskId};
 use cairn_isolators::ContainerLimits;
@@ -206,8 +208,43 @@ impl ProcessRef {
         let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
             return false;
         };
-        let state = stat_fields(&stat).and_then(|f| f.first().copied());
-        state != Some("Z") && start_time(self.pid) == Some(self.start_time)
+        let Some(fields) = stat_fields(&stat) else {
+            return false;
+        };
+        // Field 3 (state) is index 0, field 22 (starttime) index 19.
+        fields.first() != Some(&"Z")
+            && fields.get(19).and_then(|t| t.parse().ok()) == Some(self.start_time)
+    }
+
+    /// Waits until this process is gone, at most `timeout`; true if it is. Wakes at its exit
+    /// through a pidfd (Linux 5.3), else polls every 10 ms.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let pidfd = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .and_then(|pid| {
+                rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+            });
+        // Checked after opening: if this very process still exists now, the pidfd is its.
+        while self.is_alive() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match &pidfd {
+                Some(fd) => {
+                    let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+                    let mut fds = [nix::poll::PollFd::new(
+                        fd.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+                }
+                None => std::thread::sleep(left.min(Duration::from_millis(10))),
+            }
+        }
+        true
     }
 }
 

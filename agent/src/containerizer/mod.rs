@@ -838,9 +838,8 @@ impl Inner {
             if !exit_file.exists() {
                 self.signal(id, Signal::SIGKILL);
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while record.supervisor.is_some_and(|s| s.is_alive()) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+            if let Some(supervisor) = record.supervisor {
+                supervisor.wait_gone(Duration::from_secs(10));
             }
         } else {
             // No supervisor to reap it: kill whatever is left of the container.
