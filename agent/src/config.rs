@@ -26,11 +26,19 @@ pub struct AgentArgs {
     /// Directory for the agent's state, images and sandboxes [default: /var/lib/cairn/agent].
     #[arg(long, env = "CAIRN_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
-    /// The master: `host:port[,host:port...]` (tried in turn), or a
-    /// `zk://[user:password@]host:port[,...]/path` URL to follow the master elected in
-    /// ZooKeeper [default: 127.0.0.1:5050].
+    /// The master: `host:port[,host:port...]` (tried in turn; `https://host:port` for a master
+    /// serving TLS), or a `zk://[user:password@]host:port[,...]/path` URL to follow the master
+    /// elected in ZooKeeper [default: 127.0.0.1:5050].
     #[arg(long, env = "CAIRN_MASTER")]
     pub master: Option<String>,
+    /// The masters serve HTTPS (for a `zk://` master, whose znodes carry no scheme; implied by
+    /// `https://` addresses) [default: false].
+    #[arg(long, env = "CAIRN_MASTER_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub master_tls: Option<bool>,
+    /// CA certificates (PEM bundle) to trust for the master's HTTPS certificate
+    /// [default: the webpki roots].
+    #[arg(long, env = "CAIRN_MASTER_CA")]
+    pub master_ca: Option<PathBuf>,
     /// Isolators, comma-separated [default: cgroups/cpu,cgroups/mem,cgroups/pids].
     #[arg(long, env = "CAIRN_ISOLATION", value_delimiter = ',')]
     pub isolation: Option<Vec<String>>,
@@ -130,6 +138,8 @@ pub struct AgentArgs {
 struct FileConfig {
     work_dir: Option<PathBuf>,
     master: Option<String>,
+    master_tls: Option<bool>,
+    master_ca: Option<PathBuf>,
     isolation: Option<Vec<String>>,
     cgroup_parent: Option<String>,
     resources: Option<String>,
@@ -181,11 +191,20 @@ pub enum MasterAddress {
     ZooKeeper(String),
 }
 
+/// How the agent reaches a master that serves HTTPS.
+#[derive(Debug, Clone, Default)]
+pub struct MasterTls {
+    /// The roots to trust (`master_ca`); empty: the webpki roots.
+    pub ca: Vec<cairn_tls::CertificateDer<'static>>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub work_dir: PathBuf,
     pub master: MasterAddress,
+    /// HTTPS to the master, and what to trust; `None`: plain HTTP.
+    pub master_tls: Option<MasterTls>,
     pub isolation: Vec<String>,
     pub cgroup_parent: String,
     pub resources: Option<Resources>,
@@ -277,15 +296,25 @@ fn registry_config(a: &AgentArgs, f: &FileConfig) -> Result<Option<RegistryConfi
 }
 
 /// Parses `zk://...` or `host:port[,host:port]`.
-fn parse_master(text: &str) -> Result<MasterAddress, ConfigError> {
+/// The master's address, and whether its static addresses say `https://` (all or none may).
+fn parse_master(text: &str) -> Result<(MasterAddress, bool), ConfigError> {
     let text = text.trim();
     if text.starts_with("zk://") {
         text.parse::<cairn_zk::ZkUrl>()
             .map_err(|e| invalid("master", e.to_string()))?;
-        return Ok(MasterAddress::ZooKeeper(text.to_string()));
+        return Ok((MasterAddress::ZooKeeper(text.to_string()), false));
     }
     let mut out = Vec::new();
+    let mut schemes = std::collections::BTreeSet::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (https, part) = if let Some(rest) = part.strip_prefix("https://") {
+            (true, rest.trim_end_matches('/'))
+        } else if let Some(rest) = part.strip_prefix("http://") {
+            (false, rest.trim_end_matches('/'))
+        } else {
+            (false, part)
+        };
+        schemes.insert(https);
         let ok = part
             .rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
@@ -300,7 +329,10 @@ fn parse_master(text: &str) -> Result<MasterAddress, ConfigError> {
     if out.is_empty() {
         return Err(invalid("master", "empty"));
     }
-    Ok(MasterAddress::Static(out))
+    if schemes.len() > 1 {
+        return Err(invalid("master", "mixes http:// and https:// addresses"));
+    }
+    Ok((MasterAddress::Static(out), schemes.contains(&true)))
 }
 
 /// `MIN-MAX` project ids.
@@ -440,7 +472,34 @@ impl AgentArgs {
         if !work_dir.is_absolute() {
             return Err(invalid("work_dir", "must be an absolute path"));
         }
-        let master = parse_master(a.master.or(f.master).as_deref().unwrap_or("127.0.0.1:5050"))?;
+        let (master, https) =
+            parse_master(a.master.or(f.master).as_deref().unwrap_or("127.0.0.1:5050"))?;
+        let master_tls = match (
+            https || a.master_tls.or(f.master_tls).unwrap_or(false),
+            a.master_ca.or(f.master_ca),
+        ) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(invalid(
+                    "master_ca",
+                    "is set but the master is reached over plain HTTP (give https:// master \
+                     addresses, or master_tls = true with a zk:// master)",
+                ))
+            }
+            (true, ca) => Some(MasterTls {
+                ca: match ca {
+                    Some(path) => {
+                        cairn_tls::ca_bundle("master_ca", &path).map_err(|e| match e {
+                            cairn_tls::TlsError::Ca { path, message, .. } => {
+                                invalid("master_ca", format!("{}: {message}", path.display()))
+                            }
+                            other => invalid("master_ca", other.to_string()),
+                        })?
+                    }
+                    None => Vec::new(),
+                },
+            }),
+        };
         let isolation = a.isolation.or(f.isolation).unwrap_or_else(|| {
             ["cgroups/cpu", "cgroups/mem", "cgroups/pids"]
                 .map(String::from)
@@ -502,6 +561,7 @@ impl AgentArgs {
         Ok(AgentConfig {
             work_dir,
             master,
+            master_tls,
             isolation,
             cgroup_parent,
             resources,
@@ -637,6 +697,45 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("disk_project_ids"), "{e}");
+    }
+
+    #[test]
+    fn https_masters_and_the_master_ca() {
+        let c = load(
+            "master = \"https://m1:5050,https://m2:5050/\"",
+            AgentArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.master,
+            MasterAddress::Static(vec!["m1:5050".into(), "m2:5050".into()])
+        );
+        assert!(c.master_tls.is_some_and(|t| t.ca.is_empty()));
+        let c = load("master = \"http://m1:5050\"", AgentArgs::default()).unwrap();
+        assert!(c.master_tls.is_none());
+        let c = load(
+            "master = \"zk://z1:2181/cairn\"\nmaster_tls = true",
+            AgentArgs::default(),
+        )
+        .unwrap();
+        assert!(c.master_tls.is_some());
+        let e = load("master = \"https://m1:5050,m2:5050\"", AgentArgs::default()).unwrap_err();
+        assert!(e.to_string().contains("mixes http:// and https://"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("ca.pem");
+        std::fs::write(&garbage, "not PEM\n").unwrap();
+        let text = format!("master = \"m1:5050\"\nmaster_ca = {garbage:?}");
+        let e = load(&text, AgentArgs::default()).unwrap_err().to_string();
+        assert!(e.contains("master_ca") && e.contains("plain HTTP"), "{e}");
+        let text = format!("master = \"https://m1:5050\"\nmaster_ca = {garbage:?}");
+        let e = load(&text, AgentArgs::default()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "invalid setting `master_ca`: {}: no PEM certificate in the file",
+                garbage.display()
+            )
+        );
     }
 
     #[test]

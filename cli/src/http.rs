@@ -2,9 +2,12 @@
 //! leading master followed by hand (ureq does not re-POST a body across a redirect), and
 //! errors that say which endpoint could not be reached and why. A master endpoint can carry
 //! HTTP Basic credentials ([`Endpoint::with_basic_auth`]), sent with every request to it;
-//! a `401` is [`HttpError::Unauthorized`], whose message says how to authenticate.
+//! a `401` is [`HttpError::Unauthorized`], whose message says how to authenticate. An
+//! `https://` master is trusted by the webpki roots, or by the CA given with
+//! [`Endpoint::trusting`] (`--master-ca`).
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -66,6 +69,9 @@ pub struct Endpoint {
     agent: ureq::Agent,
     /// The principal and the `Authorization` header value sent with every request.
     auth: Option<(String, String)>,
+    /// The roots trusted for HTTPS; `None`: the webpki roots.
+    roots: Option<Arc<Vec<ureq::tls::Certificate<'static>>>>,
+    timeout: Option<Duration>,
 }
 
 /// `host:port` or a URL, without a trailing slash; `http://` is assumed.
@@ -78,14 +84,23 @@ pub fn normalize(url: &str) -> String {
     }
 }
 
-fn agent(timeout: Option<Duration>) -> ureq::Agent {
-    ureq::Agent::config_builder()
+fn agent(
+    timeout: Option<Duration>,
+    roots: Option<&Arc<Vec<ureq::tls::Certificate<'static>>>>,
+) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .timeout_global(timeout)
-        .timeout_connect(Some(Duration::from_secs(5)))
-        .build()
-        .into()
+        .timeout_connect(Some(Duration::from_secs(5)));
+    if let Some(roots) = roots {
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(roots.clone()))
+                .build(),
+        );
+    }
+    config.build().into()
 }
 
 /// What a response looked like, before interpretation.
@@ -120,9 +135,24 @@ impl Endpoint {
         Self {
             base: normalize(base),
             what,
-            agent: agent(Some(Duration::from_secs(30))),
+            agent: agent(Some(Duration::from_secs(30)), None),
             auth: None,
+            roots: None,
+            timeout: Some(Duration::from_secs(30)),
         }
+    }
+
+    /// Trusts `certs` (and only them) for HTTPS.
+    #[must_use]
+    pub fn trusting(mut self, certs: &[cairn_tls::CertificateDer<'static>]) -> Self {
+        let roots: Vec<_> = certs
+            .iter()
+            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        let roots = Arc::new(roots);
+        self.agent = agent(self.timeout, Some(&roots));
+        self.roots = Some(roots);
+        self
     }
 
     /// Sends `principal:secret` as HTTP Basic authentication with every request.
@@ -140,8 +170,10 @@ impl Endpoint {
         Self {
             base: self.base.clone(),
             what: self.what,
-            agent: agent(None),
+            agent: agent(None, self.roots.as_ref()),
             auth: self.auth.clone(),
+            roots: self.roots.clone(),
+            timeout: None,
         }
     }
 
@@ -154,6 +186,15 @@ impl Endpoint {
             ureq::Error::HostNotFound => "host not found".to_string(),
             ureq::Error::Timeout(_) => "timed out".to_string(),
             other => other.to_string(),
+        };
+        // rustls (through an I/O error): "invalid peer certificate: UnknownIssuer".
+        let reason = if reason.contains("certificate") && self.what == "master" {
+            format!(
+                "{reason} (is the master's TLS certificate signed by a CA given with \
+                 --master-ca FILE?)"
+            )
+        } else {
+            reason
         };
         // The origin, not the path: "cannot reach master at http://10.0.0.1:5050".
         let origin = url
@@ -214,9 +255,15 @@ impl Endpoint {
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case("location"))
                 {
-                    // Mesos writes `//host:port/path`; Cairn writes `http://host:port/path`.
+                    // Mesos writes `//host:port/path` (same scheme); Cairn writes
+                    // `http://host:port/path` (`https://` when the masters serve TLS).
                     let loc = if loc.starts_with("//") {
-                        format!("http:{loc}")
+                        let scheme = if url.starts_with("https:") {
+                            "https"
+                        } else {
+                            "http"
+                        };
+                        format!("{scheme}:{loc}")
                     } else {
                         loc.clone()
                     };

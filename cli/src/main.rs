@@ -49,6 +49,13 @@ struct Cli {
     /// --principal and --secret-file.
     #[arg(long, global = true, env = "CAIRN_CREDENTIAL")]
     credential: Option<PathBuf>,
+    /// CA certificates (PEM bundle) to trust for an `https://` master's certificate
+    /// [default: the webpki roots].
+    #[arg(long, global = true, env = "CAIRN_MASTER_CA")]
+    master_ca: Option<PathBuf>,
+    /// The masters serve HTTPS: with --master zk://..., reach the leader over https://.
+    #[arg(long, global = true, env = "CAIRN_MASTER_TLS", num_args = 0..=1, default_missing_value = "true")]
+    master_tls: Option<bool>,
     #[command(subcommand)]
     command: Command,
 }
@@ -256,12 +263,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Dev { .. } | Command::Completions { .. } | Command::Resources { .. }
     );
     let base = if talks_to_master {
-        leader::resolve(&cli.master)?
+        leader::resolve(&cli.master, cli.master_tls.unwrap_or(false))?
     } else {
         cli.master.clone()
     };
     let mut master = http::Endpoint::new(&base, "master");
     if talks_to_master {
+        if let Some(path) = &cli.master_ca {
+            let certs = cairn_tls::ca_bundle("--master-ca", path).map_err(|e| match e {
+                cairn_tls::TlsError::Ca { path, message, .. } => {
+                    anyhow::anyhow!("--master-ca {}: {message}", path.display())
+                }
+                other => other.into(),
+            })?;
+            master = master.trusting(&certs);
+        }
         if let Some((principal, secret)) = credential(&cli)? {
             master = master.with_basic_auth(&principal, &secret);
         }

@@ -45,6 +45,10 @@ pub struct FileConfig {
     pub authenticate_http_readwrite: Option<bool>,
     /// `/state`, the metrics and operator `GET_*` calls must authenticate.
     pub authenticate_http_readonly: Option<bool>,
+    /// TLS certificate chain (PEM); with `tls_key` the master serves HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Why the configuration is unusable.
@@ -60,6 +64,17 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("setting {key}: {message}")]
     Invalid { key: &'static str, message: String },
+    /// `tls_cert`/`tls_key` unusable (the message names the setting and the file).
+    #[error(transparent)]
+    Tls(#[from] cairn_tls::TlsError),
+}
+
+/// HTTPS: the files and the server configuration read from them.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server: std::sync::Arc<cairn_tls::rustls::ServerConfig>,
 }
 
 /// The resolved configuration.
@@ -73,6 +88,8 @@ pub struct Config {
     pub zk: Option<ZkConfig>,
     /// Who must authenticate, and the credentials they are checked against.
     pub auth: AuthConfig,
+    /// Serve HTTPS only, with this certificate; `None` serves plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Config {
@@ -99,6 +116,10 @@ impl Config {
         }
         if let Some((path, _)) = &self.auth.credentials {
             flags.push(flag("credentials", path.display().to_string()));
+        }
+        if let Some(tls) = &self.tls {
+            flags.push(flag("tls_cert", tls.cert.display().to_string()));
+            flags.push(flag("tls_key", tls.key.display().to_string()));
         }
         for (name, on) in [
             ("authenticate_frameworks", self.auth.frameworks),
@@ -168,6 +189,8 @@ impl FileConfig {
             authenticate_http_readonly: over
                 .authenticate_http_readonly
                 .or(self.authenticate_http_readonly),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
         }
     }
 
@@ -215,6 +238,26 @@ impl FileConfig {
             None => None,
         };
         let auth = self.auth()?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                server: cairn_tls::server_config(cert, key)?,
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_key",
+                    message: "tls_cert is set without tls_key".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert",
+                    message: "tls_key is set without tls_cert".into(),
+                })
+            }
+        };
         let core = CoreConfig {
             framework_heartbeat: secs(
                 "framework_heartbeat_secs",
@@ -251,6 +294,7 @@ impl FileConfig {
             core,
             zk,
             auth,
+            tls,
         })
     }
 
@@ -402,6 +446,32 @@ mod tests {
             flags.contains("authenticate_frameworks") && !flags.contains("s3cret"),
             "{flags}"
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not PEM\n").unwrap();
+        let resolve = |cert: Option<&Path>, key: Option<&Path>| {
+            FileConfig {
+                tls_cert: cert.map(Path::to_path_buf),
+                tls_key: key.map(Path::to_path_buf),
+                ..FileConfig::default()
+            }
+            .resolve()
+            .map(|c| c.tls.is_some())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(resolve(None, None), Ok(false));
+        let e = resolve(Some(&garbage), None).unwrap_err();
+        assert!(e.contains("tls_key") && e.contains("without"), "{e}");
+        let e = resolve(None, Some(&garbage)).unwrap_err();
+        assert!(e.contains("tls_cert") && e.contains("without"), "{e}");
+        let e = resolve(Some(&garbage), Some(&garbage)).unwrap_err();
+        assert!(e.contains("`tls_cert`") && e.contains("garbage.pem"), "{e}");
+        let e = resolve(Some(&dir.path().join("missing.pem")), Some(&garbage)).unwrap_err();
+        assert!(e.contains("`tls_cert`") && e.contains("missing.pem"), "{e}");
     }
 
     #[test]

@@ -85,6 +85,13 @@ struct Args {
     /// --credentials (/health and /version stay open) [default: false].
     #[arg(long, env = "CAIRN_AUTHENTICATE_HTTP_READONLY", num_args = 0..=1, default_missing_value = "true")]
     authenticate_http_readonly: Option<bool>,
+    /// TLS certificate chain (PEM) for the APIs, which then serve HTTPS only; with --tls-key
+    /// [default: none].
+    #[arg(long, env = "CAIRN_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1); with --tls-cert [default: none].
+    #[arg(long, env = "CAIRN_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -117,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
             authenticate_agents: args.authenticate_agents,
             authenticate_http_readwrite: args.authenticate_http_readwrite,
             authenticate_http_readonly: args.authenticate_http_readonly,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
         })
         .resolve()?;
 
@@ -131,6 +140,11 @@ async fn main() -> anyhow::Result<()> {
             let shared = cairn_master::http::Shared::new(master)
                 .with_flags(cfg.flags())
                 .with_auth(cfg.auth.clone());
+            let shared = if cfg.tls.is_some() {
+                shared.with_https()
+            } else {
+                shared
+            };
             let writer = cairn_master::registry::file_store(store, shared.clone());
             shared.lock().set_store(Box::new(writer));
             tracing::info!(listen = %cfg.listen, registry = %path.display(), "cairn-master serving (standalone: leading)");
@@ -150,6 +164,11 @@ async fn main() -> anyhow::Result<()> {
             let shared = cairn_master::http::Shared::with_gate(standby, gate)
                 .with_flags(cfg.flags())
                 .with_auth(cfg.auth.clone());
+            let shared = if cfg.tls.is_some() {
+                shared.with_https()
+            } else {
+                shared
+            };
             let task = tokio::spawn(cairn_master::leadership::run(
                 election,
                 shared.clone(),
@@ -168,16 +187,39 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let ticker = shared.spawn_ticker(cfg.allocation_interval);
-    // On SIGTERM/SIGINT the subscriber streams are closed first: a graceful shutdown waits
-    // for responses to end, and an event stream never ends by itself. Connections still
-    // open DRAIN later (a client not reading) are dropped.
-    let closer = shared.clone();
+    let router = cairn_master::http::router(shared.clone());
+    let served = match &cfg.tls {
+        Some(tls) => {
+            tracing::info!(cert = %tls.cert.display(), "serving HTTPS only");
+            let listener = cairn_master::http::tls_listener(listener, tls.server.clone())
+                .context("serving TLS")?;
+            serve(listener, router, shared).await
+        }
+        None => serve(cairn_master::http::listener(listener), router, shared).await,
+    };
+    ticker.abort();
+    if let Some(task) = leadership {
+        // Dropping the election closes the ZooKeeper session, removing this master's znode.
+        task.abort();
+    }
+    served
+}
+
+/// Serves `router` on `listener` until SIGTERM/SIGINT. The subscriber streams are closed
+/// first: a graceful shutdown waits for responses to end, and an event stream never ends by
+/// itself. Connections still open DRAIN later (a client not reading) are dropped.
+async fn serve<L>(
+    listener: L,
+    router: axum::Router,
+    shared: cairn_master::http::Shared,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let serve = axum::serve(
-        cairn_master::http::listener(listener),
-        cairn_master::http::router(shared),
-    )
-    .with_graceful_shutdown(async move {
+    let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler never fails on Linux");
         tokio::select! {
@@ -185,21 +227,15 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
         tracing::info!("shutting down: closing subscriber streams");
-        closer.close_streams();
+        shared.close_streams();
         let _ = stopping_tx.send(true);
     });
-    const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
     tokio::select! {
         served = std::future::IntoFuture::into_future(serve) => served.context("serving the APIs")?,
         _ = async {
             let _ = stopping.wait_for(|s| *s).await;
             tokio::time::sleep(DRAIN).await;
         } => tracing::warn!("connections still open {DRAIN:?} after the signal: exiting anyway"),
-    }
-    ticker.abort();
-    if let Some(task) = leadership {
-        // Dropping the election closes the ZooKeeper session, removing this master's znode.
-        task.abort();
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod prometheus;
 pub mod registry;
 pub mod service;
+pub mod tls;
 pub mod vm;
 pub mod zookeeper;
 

@@ -2,8 +2,11 @@
 //! `authenticate_*` on, real `cairn-agent`s and the `cairn` CLI. An agent without a
 //! credential, and one with a wrong secret, never register and both logs say why; an agent
 //! with the right credential registers, and `cairn run` (authenticating with `--credential`)
-//! runs a task on it end to end. Needs root (the agent's containers) and the binaries built
-//! first: `cargo build -p cairn-master -p cairn-agent -p cairn-cli`.
+//! runs a task on it end to end. The same over TLS: a master serving HTTPS with a certificate
+//! from a CA made in the test (`openssl`); an agent without `master_ca` cannot reach it and
+//! says why, one with it registers, and `cairn --master-ca` runs a task. Needs root (the
+//! agent's containers) and the binaries built first:
+//! `cargo build -p cairn-master -p cairn-agent -p cairn-cli`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
@@ -31,13 +34,23 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// GET `url` with HTTP Basic `ops` credentials; the body of a 200, else the status and body.
-fn get_as_ops(url: &str) -> Result<String, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+/// GET `url` with HTTP Basic `ops` credentials, trusting `ca` for HTTPS; the body of a 200,
+/// else the status and body.
+fn get_as_ops(url: &str, ca: Option<&Path>) -> Result<String, String> {
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
+        .timeout_global(Some(Duration::from_secs(10)));
+    if let Some(ca) = ca {
+        let cert = ureq::tls::Certificate::from_pem(&fs::read(ca).unwrap()).unwrap();
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                    cert,
+                ])))
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
     let token = base64::engine::general_purpose::STANDARD.encode("ops:ops-secret");
     let mut response = agent
         .get(url)
@@ -53,8 +66,8 @@ fn get_as_ops(url: &str) -> Result<String, String> {
     }
 }
 
-fn slaves(master_url: &str) -> Vec<Value> {
-    get_as_ops(&format!("{master_url}/state"))
+fn slaves(master_url: &str, ca: Option<&Path>) -> Vec<Value> {
+    get_as_ops(&format!("{master_url}/state"), ca)
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .and_then(|v| v["slaves"].as_array().cloned())
@@ -62,13 +75,14 @@ fn slaves(master_url: &str) -> Vec<Value> {
 }
 
 /// Starts a `cairn-agent` named `name` (own work dir, cgroup parent and port) with
-/// `credential` (a file path) or none.
+/// `credential` (a file path) or none, and `extra` config lines.
 fn start_agent(
     name: &str,
     dir: &Path,
     cgroups: &CgroupParent,
     master: &str,
     credential: Option<&Path>,
+    extra: &str,
 ) -> (Service, u16) {
     let port = free_port();
     let work = dir.join(name);
@@ -82,6 +96,7 @@ fn start_agent(
     if let Some(c) = credential {
         config.push_str(&format!("credential = {c:?}\n"));
     }
+    config.push_str(extra);
     let path = dir.join(format!("{name}.toml"));
     fs::write(&path, config).unwrap();
     let mut cmd = Command::new(binary("cairn-agent"));
@@ -142,15 +157,21 @@ fn agents_and_the_cli_authenticate_to_the_master_and_run_a_task() {
     let master_url = format!("http://{master_addr}");
     assert!(
         wait_until(Duration::from_secs(20), || {
-            !master.is_running() || get_as_ops(&format!("{master_url}/health")).is_ok()
+            !master.is_running() || get_as_ops(&format!("{master_url}/health"), None).is_ok()
         }) && master.is_running(),
         "the master did not come up:\n{}",
         master.log()
     );
 
     // 1. Without a credential the agent cannot register, and says why.
-    let (mut anonymous, _) =
-        start_agent("anonymous", agent_dir.path(), &cgroups, &master_addr, None);
+    let (mut anonymous, _) = start_agent(
+        "anonymous",
+        agent_dir.path(),
+        &cgroups,
+        &master_addr,
+        None,
+        "",
+    );
     let why = "master requires authentication and the agent has no `credential` set";
     assert!(
         wait_until(Duration::from_secs(20), || anonymous.log().contains(why)),
@@ -176,6 +197,7 @@ fn agents_and_the_cli_authenticate_to_the_master_and_run_a_task() {
         &cgroups,
         &master_addr,
         Some(&wrong_credential),
+        "",
     );
     let why = "master rejected the agent's credential for principal 'agent'";
     assert!(
@@ -193,7 +215,11 @@ fn agents_and_the_cli_authenticate_to_the_master_and_run_a_task() {
         "{}",
         master.log()
     );
-    assert!(slaves(&master_url).is_empty(), "{:?}", slaves(&master_url));
+    assert!(
+        slaves(&master_url, None).is_empty(),
+        "{:?}",
+        slaves(&master_url, None)
+    );
 
     // 3. With the right credential it registers.
     let (agent, _) = start_agent(
@@ -202,15 +228,16 @@ fn agents_and_the_cli_authenticate_to_the_master_and_run_a_task() {
         &cgroups,
         &master_addr,
         Some(&agent_credential),
+        "",
     );
     assert!(
         wait_until(Duration::from_secs(30), || {
-            slaves(&master_url)
+            slaves(&master_url, None)
                 .iter()
                 .any(|s| s["active"] == true && s["hostname"].is_string())
         }),
         "the agent did not register: {:?}\nagent log:\n{}\nmaster log:\n{}",
-        slaves(&master_url),
+        slaves(&master_url, None),
         agent.log(),
         master.log()
     );
@@ -273,7 +300,7 @@ fn agents_and_the_cli_authenticate_to_the_master_and_run_a_task() {
     );
     // The framework `cairn run` registered carries the principal it authenticated as.
     let state: Value =
-        serde_json::from_str(&get_as_ops(&format!("{master_url}/state")).unwrap()).unwrap();
+        serde_json::from_str(&get_as_ops(&format!("{master_url}/state"), None).unwrap()).unwrap();
     let frameworks = state["completed_frameworks"]
         .as_array()
         .into_iter()
@@ -283,5 +310,138 @@ fn agents_and_the_cli_authenticate_to_the_master_and_run_a_task() {
     assert!(
         frameworks.iter().any(|f| f["principal"] == "ops"),
         "{state}"
+    );
+}
+
+#[test]
+fn agents_and_the_cli_reach_a_tls_master_trusting_its_ca() {
+    let test = "auth_cluster_tls";
+    if !require_root(test) || !cairn_testsupport::require_command(test, "openssl") {
+        return;
+    }
+    let master_dir = ServiceDir::new("tls-master");
+    let agent_dir = ServiceDir::new("tls-agents");
+    let cgroups = CgroupParent::new("tls-cluster");
+    let ca = cairn_testsupport::tls::TestCa::new(master_dir.path());
+    let creds = master_dir.path().join("credentials");
+    fs::write(&creds, "agent agent-secret\nops ops-secret\n").unwrap();
+    let agent_credential = agent_dir.path().join("agent-credential");
+    fs::write(&agent_credential, "agent agent-secret\n").unwrap();
+    let cli_credential = agent_dir.path().join("cli-credential");
+    fs::write(&cli_credential, "ops ops-secret\n").unwrap();
+
+    let master_port = free_port();
+    let master_addr = format!("127.0.0.1:{master_port}");
+    let master_cfg = master_dir.path().join("master.toml");
+    fs::write(
+        &master_cfg,
+        format!(
+            "listen = \"{master_addr}\"\nwork_dir = {:?}\nallocation_interval_secs = 0.2\n\
+             agent_heartbeat_secs = 1.0\ncredentials = {creds:?}\n\
+             authenticate_frameworks = true\nauthenticate_agents = true\n\
+             authenticate_http_readonly = true\ntls_cert = {:?}\ntls_key = {:?}\n",
+            master_dir.path().join("work"),
+            ca.cert,
+            ca.key,
+        ),
+    )
+    .unwrap();
+    let mut master_cmd = Command::new(binary("cairn-master"));
+    master_cmd
+        .arg("--config")
+        .arg(&master_cfg)
+        .env("RUST_LOG", "info");
+    let mut master = Service::spawn("cairn-master", master_cmd, master_dir.path()).unwrap();
+    let master_url = format!("https://{master_addr}");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            !master.is_running()
+                || get_as_ops(&format!("{master_url}/health"), Some(&ca.ca)).is_ok()
+        }) && master.is_running(),
+        "the master did not come up:\n{}",
+        master.log()
+    );
+
+    // 1. Without `master_ca` the agent does not trust the master and says what to set.
+    let (mut untrusting, _) = start_agent(
+        "untrusting",
+        agent_dir.path(),
+        &cgroups,
+        &master_url,
+        Some(&agent_credential),
+        "",
+    );
+    let why = "is `master_ca` set to the CA that signed the master's TLS certificate?";
+    assert!(
+        wait_until(Duration::from_secs(20), || untrusting.log().contains(why)),
+        "the agent did not log {why:?}:\n{}",
+        untrusting.log()
+    );
+    untrusting.stop(Duration::from_secs(10));
+    assert!(slaves(&master_url, Some(&ca.ca)).is_empty());
+
+    // 2. With it, the agent registers over HTTPS.
+    let (agent, _) = start_agent(
+        "agent",
+        agent_dir.path(),
+        &cgroups,
+        &master_url,
+        Some(&agent_credential),
+        &format!("master_ca = {:?}\n", ca.ca),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            slaves(&master_url, Some(&ca.ca))
+                .iter()
+                .any(|s| s["active"] == true)
+        }),
+        "the agent did not register over TLS\nagent log:\n{}\nmaster log:\n{}",
+        agent.log(),
+        master.log()
+    );
+
+    // 3. The CLI: without --master-ca it is told to give it; with it, a task runs.
+    let cairn = |args: &[&str]| {
+        Command::new(binary("cairn"))
+            .env("CAIRN_MASTER", &master_url)
+            .env("CAIRN_CREDENTIAL", &cli_credential)
+            .env_remove("CAIRN_MASTER_CA")
+            .env_remove("CAIRN_PRINCIPAL")
+            .env_remove("CAIRN_SECRET_FILE")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = cairn(&["agents"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("--master-ca") && stderr.trim_end().lines().count() == 1,
+        "{}",
+        show(&o)
+    );
+    let ca_path = ca.ca.to_str().unwrap();
+    let o = cairn(&[
+        "--master-ca",
+        ca_path,
+        "run",
+        "--timeout",
+        "120s",
+        "--",
+        "echo",
+        "hello-over-tls",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\nagent log:\n{}\nmaster log:\n{}",
+        show(&o),
+        agent.log(),
+        master.log()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("hello-over-tls"),
+        "{}",
+        show(&o)
     );
 }

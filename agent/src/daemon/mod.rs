@@ -92,7 +92,7 @@ pub struct Daemon {
     stop: watch::Receiver<bool>,
     recovered_id: Option<cairn_api::AgentId>,
     /// HTTPS for the API when `tls_cert` and `tls_key` are set.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<crate::http::tls::ServerConfig>>,
 }
 
 impl Daemon {
@@ -264,6 +264,7 @@ impl Daemon {
                 registration_backoff: config.registration_backoff,
                 status_retry: config.status_update_retry,
                 credential: config.credential.clone(),
+                tls: config.master_tls.clone(),
             },
             done.clone(),
         ));

@@ -13,7 +13,8 @@
 //!
 //! With a `credential`, every request carries it as HTTP Basic authentication (the master's
 //! `authenticate_agents`); a `401` is logged as an error naming the principal, and retried
-//! with the same backoff.
+//! with the same backoff. With `master_tls` (or `https://` addresses) every request is HTTPS,
+//! trusting `master_ca` (or the webpki roots).
 //!
 //! With a `zk://` master the link follows the leader elected in ZooKeeper
 //! ([`cairn_zk::ZkDetector`], the `json.info_` znodes Mesos masters write): it waits for one,
@@ -33,7 +34,7 @@ use cairn_zk::{Detector, MasterInfo, ZkDetector};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::MasterAddress;
+use crate::config::{MasterAddress, MasterTls};
 use crate::status::StatusUpdateManager;
 
 /// What the link needs from the agent.
@@ -64,6 +65,8 @@ pub struct LinkConfig {
     pub status_retry: Duration,
     /// `principal secret` sent as HTTP Basic authentication on every request.
     pub credential: Option<(String, String)>,
+    /// HTTPS to the master, trusting these roots; `None`: plain HTTP.
+    pub tls: Option<MasterTls>,
 }
 
 /// The longest delay between registration attempts.
@@ -77,7 +80,7 @@ const TICK: Duration = Duration::from_millis(50);
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Http(#[from] reqwest::Error),
     /// `401`: the master wants a (valid) credential.
     #[error("{call}: {}: {body}", match principal {
@@ -97,6 +100,22 @@ enum SessionError {
     },
     #[error("{0}")]
     Other(String),
+}
+
+/// A request error with its causes (reqwest's own message hides them: "error sending
+/// request"), and what to do about an untrusted certificate.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    if text.contains("certificate") {
+        text.push_str(" (is `master_ca` set to the CA that signed the master's TLS certificate?)");
+    }
+    text
 }
 
 /// Where the next session goes: static addresses in turn, or the leader ZooKeeper names.
@@ -198,10 +217,7 @@ pub async fn run(
     config: LinkConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-    {
+    let client = match MasterClient::new(&config) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("cannot build the HTTP client: {e}");
@@ -245,8 +261,80 @@ pub async fn run(
     }
 }
 
+/// Requests to the master: over HTTP or HTTPS, with the agent's credential.
+#[derive(Clone)]
+struct MasterClient {
+    http: reqwest::Client,
+    scheme: &'static str,
+    credential: Option<(String, String)>,
+}
+
+impl MasterClient {
+    fn new(config: &LinkConfig) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = &config.tls {
+            builder = builder.https_only(true);
+            if !tls.ca.is_empty() {
+                // Trust only the configured CA, not also every public one.
+                builder = builder.tls_built_in_root_certs(false);
+                for der in &tls.ca {
+                    builder = builder.add_root_certificate(reqwest::Certificate::from_der(der)?);
+                }
+            }
+        }
+        Ok(Self {
+            http: builder.build()?,
+            scheme: if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            credential: config.credential.clone(),
+        })
+    }
+
+    async fn post(
+        &self,
+        master: &str,
+        call: &AgentCall,
+        name: &'static str,
+    ) -> Result<reqwest::Response, SessionError> {
+        let url = format!(
+            "{}://{master}{}",
+            self.scheme,
+            cairn_api::protocol::AGENT_API_PATH
+        );
+        let mut request = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(call).map_err(|e| SessionError::Other(e.to_string()))?);
+        if let Some((principal, secret)) = &self.credential {
+            request = request.basic_auth(principal, Some(secret));
+        }
+        let resp = request.send().await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(SessionError::Unauthorized {
+                    call: name,
+                    principal: self.credential.as_ref().map(|(p, _)| p.clone()),
+                    body: body.trim().to_string(),
+                });
+            }
+            return Err(SessionError::Refused {
+                call: name,
+                status,
+                body,
+            });
+        }
+        Ok(resp)
+    }
+}
+
 struct Link {
-    client: reqwest::Client,
+    client: MasterClient,
     core: Arc<dyn AgentCore>,
     agent_id: Option<AgentId>,
     config: LinkConfig,
@@ -266,14 +354,7 @@ impl Link {
         call: &AgentCall,
         name: &'static str,
     ) -> Result<reqwest::Response, SessionError> {
-        post(
-            &self.client,
-            master,
-            self.config.credential.as_ref(),
-            call,
-            name,
-        )
-        .await
+        self.client.post(master, call, name).await
     }
 
     /// One session: (re)register, subscribe, serve the stream. `Ok(true)` when it got as far
@@ -409,46 +490,10 @@ impl Link {
     fn spawn_post(&self, master: &str, call: AgentCall, name: &'static str) {
         let client = self.client.clone();
         let master = master.to_string();
-        let credential = self.config.credential.clone();
         tokio::spawn(async move {
-            if let Err(e) = post(&client, &master, credential.as_ref(), &call, name).await {
+            if let Err(e) = client.post(&master, &call, name).await {
                 tracing::warn!(%master, "{e}");
             }
         });
     }
-}
-
-async fn post(
-    client: &reqwest::Client,
-    master: &str,
-    credential: Option<&(String, String)>,
-    call: &AgentCall,
-    name: &'static str,
-) -> Result<reqwest::Response, SessionError> {
-    let url = format!("http://{master}{}", cairn_api::protocol::AGENT_API_PATH);
-    let mut request = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(call).map_err(|e| SessionError::Other(e.to_string()))?);
-    if let Some((principal, secret)) = credential {
-        request = request.basic_auth(principal, Some(secret));
-    }
-    let resp = request.send().await?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(SessionError::Unauthorized {
-                call: name,
-                principal: credential.map(|(p, _)| p.clone()),
-                body: body.trim().to_string(),
-            });
-        }
-        return Err(SessionError::Refused {
-            call: name,
-            status,
-            body,
-        });
-    }
-    Ok(resp)
 }

@@ -50,6 +50,8 @@ pub struct Shared {
     flags: Option<Arc<Vec<op::Flag>>>,
     /// Who must authenticate ([`Shared::with_auth`]); nobody by default.
     auth: Arc<auth::Authenticator>,
+    /// The scheme of redirects to the leader: `https` when the masters serve TLS.
+    scheme: &'static str,
 }
 
 /// Shortest time between two event-driven allocation cycles. Calls arriving meanwhile are
@@ -80,7 +82,15 @@ impl Shared {
             allocation: Arc::default(),
             flags: None,
             auth: Arc::default(),
+            scheme: "http",
         }
+    }
+
+    /// The masters serve HTTPS: redirects to the leader say `https://`.
+    #[must_use]
+    pub fn with_https(mut self) -> Self {
+        self.scheme = "https";
+        self
     }
 
     /// Requires authentication as `config` says ([`auth`]).
@@ -191,6 +201,18 @@ pub fn listener(
     })
 }
 
+/// The master's HTTPS listener (`tls_cert`, `tls_key`): [`cairn_tls::TlsListener`], which
+/// also sets `TCP_NODELAY` on every connection. Call inside the tokio runtime.
+///
+/// # Errors
+/// The listener has no local address.
+pub fn tls_listener(
+    listener: tokio::net::TcpListener,
+    config: Arc<cairn_tls::rustls::ServerConfig>,
+) -> std::io::Result<cairn_tls::TlsListener> {
+    cairn_tls::TlsListener::new(listener, config)
+}
+
 /// All the master's routes. The scheduler, operator and agent APIs are leader-only: a master
 /// that does not lead redirects them ([`leader_only`]); the rest answer locally.
 pub fn router(shared: Shared) -> Router {
@@ -239,7 +261,7 @@ async fn leader_only(State(shared): State<Shared>, request: Request, next: Next)
                 .uri()
                 .path_and_query()
                 .map_or("/", axum::http::uri::PathAndQuery::as_str);
-            let location = format!("http://{authority}{path}");
+            let location = format!("{}://{authority}{path}", shared.scheme);
             match HeaderValue::from_str(&location) {
                 Ok(v) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, v)]).into_response(),
                 Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "No leader elected"),
