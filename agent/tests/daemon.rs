@@ -324,6 +324,23 @@ fn task(id: &str, image: &str, script: &str, mem: f64) -> TaskInfo {
     .unwrap()
 }
 
+/// [`task`] also asking for `ports` (an inclusive range).
+fn task_with_ports(id: &str, image: &str, script: &str, ports: (u64, u64)) -> TaskInfo {
+    let mut t = task(id, image, script, 16.0);
+    let resources = Resources::from_wire(&t.resources)
+        .unwrap()
+        .with_ranges(
+            "ports",
+            &[cairn_api::resources::Range {
+                begin: ports.0,
+                end: ports.1,
+            }],
+        )
+        .unwrap();
+    t.resources = resources.to_wire();
+    t
+}
+
 fn launch(driver: &Driver, tasks: Vec<TaskInfo>) {
     driver.send(AgentEvent::launch(LaunchTasks {
         framework_id: FrameworkId::new("fw"),
@@ -493,23 +510,41 @@ fn tasks_run_survive_a_kill_9_and_every_update_arrives_once() {
             .map(|id| task(id, &image, "sleep 0.5; echo hello", 16.0))
             .collect(),
     );
-    // One asking for more than the agent has.
+    // One asking for more than the agent has; one asking for a port another task holds
+    // (launched together, so the first still runs), one for a port outside the agent's.
     launch(&driver, vec![task("greedy", &image, "true", 1_000_000.0)]);
-    driver.wait_for("8 FINISHED and 1 ERROR", Duration::from_secs(120), |d| {
+    launch(
+        &driver,
+        vec![
+            task_with_ports("port-a", &image, "sleep 1", (31000, 31001)),
+            task_with_ports("port-b", &image, "true", (31001, 31001)),
+            task_with_ports("port-80", &image, "true", (80, 80)),
+        ],
+    );
+    let refused = ["greedy", "port-b", "port-80"];
+    driver.wait_for("9 FINISHED and 3 ERROR", Duration::from_secs(120), |d| {
         short
             .iter()
+            .chain(std::iter::once(&"port-a".to_string()))
             .all(|t| d.latest(t) == Some(TaskState::Finished))
-            && d.latest("greedy") == Some(TaskState::Error)
+            && refused
+                .iter()
+                .all(|t| d.latest(t) == Some(TaskState::Error))
     });
-    let greedy = &driver.distinct()["greedy"][0];
-    assert!(
-        greedy
-            .message
-            .as_deref()
-            .unwrap_or("")
-            .contains("more than the agent has free"),
-        "{greedy:?}"
-    );
+    for (id, why) in [
+        ("greedy", "more than the agent has free"),
+        ("port-b", "ports [31001-31001] are held by another task"),
+        (
+            "port-80",
+            "ports [80-80] are not all within the agent's ports [31000-32000]",
+        ),
+    ] {
+        let update = &driver.distinct()[id][0];
+        assert!(
+            update.message.as_deref().unwrap_or("").contains(why),
+            "{id}: {update:?}"
+        );
+    }
     let mut expected: HashMap<String, Vec<TaskState>> = short
         .iter()
         .map(|t| {
@@ -519,7 +554,13 @@ fn tasks_run_survive_a_kill_9_and_every_update_arrives_once() {
             )
         })
         .collect();
-    expected.insert("greedy".into(), vec![TaskState::Error]);
+    for id in refused {
+        expected.insert(id.into(), vec![TaskState::Error]);
+    }
+    expected.insert(
+        "port-a".into(),
+        vec![TaskState::Starting, TaskState::Running, TaskState::Finished],
+    );
     assert_exact(&driver, &expected);
     // Acknowledged terminal updates end their streams.
     setup.wait_streams_done();

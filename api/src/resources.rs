@@ -246,6 +246,46 @@ impl Resources {
         self.scalars.keys().map(String::as_str)
     }
 
+    /// Why `want`'s ranges cannot be taken from `self` while `held` are taken: a range
+    /// outside `self`'s, or one overlapping `held` (two tasks cannot both have port 31000;
+    /// [`Resources::plus`] would merge them without a word). `None` when they can.
+    pub fn range_conflict(&self, held: &Resources, want: &Resources) -> Option<String> {
+        let show = |rs: &[Range]| {
+            let parts: Vec<String> = rs
+                .iter()
+                .map(|r| format!("{}-{}", r.begin, r.end))
+                .collect();
+            format!("[{}]", parts.join(","))
+        };
+        for (name, ranges) in &want.ranges {
+            for r in ranges {
+                let have = self.ranges(name);
+                if !have.iter().any(|h| h.begin <= r.begin && r.end <= h.end) {
+                    return Some(format!(
+                        "{name} {} are not all within the agent's {name} {}",
+                        show(&[*r]),
+                        show(have)
+                    ));
+                }
+                if let Some(o) = held
+                    .ranges(name)
+                    .iter()
+                    .find(|o| o.begin <= r.end && r.begin <= o.end)
+                {
+                    let taken = Range {
+                        begin: o.begin.max(r.begin),
+                        end: o.end.min(r.end),
+                    };
+                    return Some(format!(
+                        "{name} {} are held by another task",
+                        show(&[taken])
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     /// Whether every resource in `other` fits inside `self`.
     pub fn contains(&self, other: &Resources) -> bool {
         other
@@ -467,5 +507,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("mem"));
+    }
+
+    #[test]
+    fn range_conflicts_name_the_ports_outside_or_already_held() {
+        let agent = Resources::parse("ports:[31000-31009,32000-32000]").unwrap();
+        let held = Resources::parse("ports:[31002-31003]").unwrap();
+        let want = |t: &str| Resources::parse(t).unwrap();
+        assert_eq!(
+            agent.range_conflict(&held, &want("ports:[31000-31001]")),
+            None
+        );
+        assert_eq!(agent.range_conflict(&held, &want("cpus:1")), None);
+        assert_eq!(
+            agent
+                .range_conflict(&held, &want("ports:[31003-31005]"))
+                .unwrap(),
+            "ports [31003-31003] are held by another task"
+        );
+        assert_eq!(
+            agent
+                .range_conflict(&held, &want("ports:[31009-31010]"))
+                .unwrap(),
+            "ports [31009-31010] are not all within the agent's ports [31000-31009,32000-32000]"
+        );
+        assert_eq!(
+            agent.range_conflict(&held, &want("ports:[80-80]")).unwrap(),
+            "ports [80-80] are not all within the agent's ports [31000-31009,32000-32000]"
+        );
     }
 }

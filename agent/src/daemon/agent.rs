@@ -275,6 +275,12 @@ impl Agent {
                 self.record_or_log(&id, TaskState::Error, Reason::TaskInvalid, &message);
                 continue;
             }
+            let held = self.status.allocated_except(Some(&id));
+            if let Some(conflict) = offer.range_conflict(&held, &request.resources) {
+                let message = format!("the task's resources cannot be given: {conflict}");
+                self.record_or_log(&id, TaskState::Error, Reason::TaskInvalid, &message);
+                continue;
+            }
             let agent = Arc::clone(self);
             self.runtime.spawn_blocking(move || {
                 let container = agent.containerizer.launch(&request);

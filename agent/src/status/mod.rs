@@ -304,9 +304,14 @@ impl StatusUpdateManager {
 
     /// What the tasks not yet terminal were given.
     pub fn allocated(&self) -> Resources {
+        self.allocated_except(None)
+    }
+
+    /// What the tasks not yet terminal were given, but `except`.
+    pub fn allocated_except(&self, except: Option<&TaskId>) -> Resources {
         lock(&self.streams)
             .values()
-            .filter(|s| !s.is_terminal())
+            .filter(|s| !s.is_terminal() && Some(&s.task.task_id) != except)
             .filter_map(|s| Resources::from_wire(&s.task.resources).ok())
             .fold(Resources::new(), |acc, r| acc.plus(&r))
     }
