@@ -112,3 +112,116 @@ fn commands_reach_an_https_master_trusting_the_given_ca() {
         show(&o)
     );
 }
+
+/// An HTTPS client trusting `ca` that reports redirects instead of following them.
+fn https_client(ca: &std::path::Path) -> ureq::Agent {
+    let cert = ureq::tls::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                    cert,
+                ])))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+/// `master/elected` of the HTTPS master on `port`, trusting `ca`.
+fn elected(port: u16, ca: &std::path::Path) -> bool {
+    https_client(ca)
+        .get(format!("https://127.0.0.1:{port}/metrics/snapshot"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["master/elected"] == 1.0)
+}
+
+#[test]
+fn zk_masters_serving_tls_are_found_with_master_tls_and_redirect_to_https() {
+    if !require_command("cli_tls_zk", "openssl") {
+        return;
+    }
+    let zk = cairn_testsupport::zookeeper::ZooKeeper::standalone();
+    let dir = ServiceDir::new("cli-tls-zk");
+    let ca = TestCa::new(dir.path());
+    let zk_url = format!("zk://{}/cairn/tls", zk.connect_string());
+    let mut masters = Vec::new();
+    for i in 0..2 {
+        let port = free_port();
+        let mut cmd = Command::new(master_bin());
+        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--zk", &zk_url])
+            .arg("--work-dir")
+            .arg(dir.path().join(format!("work-{i}")))
+            .arg("--tls-cert")
+            .arg(&ca.cert)
+            .arg("--tls-key")
+            .arg(&ca.key);
+        let svc = Service::spawn(&format!("master-{i}"), cmd, dir.path()).unwrap();
+        masters.push((svc, port));
+    }
+    let leader = {
+        let mut found = None;
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                found = masters.iter().position(|(_, p)| elected(*p, &ca.ca));
+                found.is_some()
+            }),
+            "no master was elected: {} {}",
+            masters[0].0.log(),
+            masters[1].0.log()
+        );
+        found.unwrap()
+    };
+    let follower_port = masters[1 - leader].1;
+    let ca_path = ca.ca.to_str().unwrap();
+
+    // Through ZooKeeper: the leader's znode carries no scheme; --master-tls says https.
+    let o = cairn(
+        &zk_url,
+        &["--master-tls", "--master-ca", ca_path, "--json", "agents"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    // Without --master-tls the CLI speaks plain HTTP to a TLS master: refused, one line.
+    let o = cairn(&zk_url, &["--master-ca", ca_path, "agents"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    // The follower redirects the operator API to https:// on the leader...
+    let resp = https_client(&ca.ca)
+        .post(format!("https://127.0.0.1:{follower_port}/api/v1"))
+        .header("Content-Type", "application/json")
+        .send(r#"{"type": "GET_HEALTH"}"#)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 307);
+    let location = resp.headers()["Location"].to_str().unwrap().to_string();
+    assert_eq!(
+        location,
+        format!("https://127.0.0.1:{}/api/v1", masters[leader].1)
+    );
+    // ... which the CLI follows: `cairn run` subscribes through the follower and, with no
+    // agent in the cluster, waits for an offer until its timeout.
+    let o = cairn(
+        &format!("https://127.0.0.1:{follower_port}"),
+        &[
+            "--master-ca",
+            ca_path,
+            "run",
+            "--timeout",
+            "1s",
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(1) && stderr.contains("no agent"),
+        "{}",
+        show(&o)
+    );
+}

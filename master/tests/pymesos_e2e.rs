@@ -63,8 +63,7 @@ fn pymesos_authenticates_with_principal_and_secret() {
         "cpus:2;mem:512",
         Some(support::basic("agent", "agent-secret")),
     );
-    // Without its secret pymesos is refused (it gives up after its timeout; only the 401
-    // matters here).
+    // A scheduler without credentials is refused.
     let r = support::post_json(
         m.addr,
         "/api/v1/scheduler",
