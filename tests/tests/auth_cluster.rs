@@ -4,7 +4,9 @@
 //! with the right credential registers, and `cairn run` (authenticating with `--credential`)
 //! runs a task on it end to end. The same over TLS: a master serving HTTPS with a certificate
 //! from a CA made in the test (`openssl`); an agent without `master_ca` cannot reach it and
-//! says why, one with it registers, and `cairn --master-ca` runs a task. Needs root (the
+//! says why, one with it registers, and `cairn --master-ca` runs a task; and two TLS masters
+//! elected in a real ZooKeeper, an agent given `zk://` with `master_tls` registering with the
+//! leader and following the next one when it dies. Needs root (the
 //! agent's containers) and the binaries built first:
 //! `cargo build -p cairn-master -p cairn-agent -p cairn-cli`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -444,4 +446,102 @@ fn agents_and_the_cli_reach_a_tls_master_trusting_its_ca() {
         "{}",
         show(&o)
     );
+}
+
+#[test]
+fn an_agent_follows_tls_masters_elected_in_zookeeper() {
+    let test = "auth_cluster_tls_zk";
+    if !require_root(test)
+        || !cairn_testsupport::require_command(test, "openssl")
+        || !cairn_testsupport::require_command(test, "java")
+    {
+        return;
+    }
+    // Drop order (reverse of declaration): agent, masters, ZooKeeper, cgroups, directories.
+    let master_dir = ServiceDir::new("tls-zk-masters");
+    let agent_dir = ServiceDir::new("tls-zk-agent");
+    let cgroups = CgroupParent::new("tls-zk");
+    let zk = cairn_testsupport::zookeeper::ZooKeeper::standalone();
+    let zk_url = format!("zk://{}/cairn/tls", zk.connect_string());
+    let ca = cairn_testsupport::tls::TestCa::new(master_dir.path());
+    let creds = master_dir.path().join("credentials");
+    fs::write(&creds, "agent agent-secret\nops ops-secret\n").unwrap();
+    let agent_credential = agent_dir.path().join("agent-credential");
+    fs::write(&agent_credential, "agent agent-secret\n").unwrap();
+
+    let mut masters: Vec<(Service, String)> = (0..2)
+        .map(|i| {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let cfg = master_dir.path().join(format!("master-{i}.toml"));
+            fs::write(
+                &cfg,
+                format!(
+                    "listen = \"{addr}\"\nwork_dir = {:?}\nzk = \"{zk_url}\"\n\
+                     zk_session_timeout_secs = 2.0\nagent_heartbeat_secs = 1.0\n\
+                     credentials = {creds:?}\nauthenticate_agents = true\n\
+                     tls_cert = {:?}\ntls_key = {:?}\n",
+                    master_dir.path().join(format!("work-{i}")),
+                    ca.cert,
+                    ca.key,
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new(binary("cairn-master"));
+            cmd.arg("--config").arg(&cfg).env("RUST_LOG", "info");
+            let svc = Service::spawn(&format!("master-{i}"), cmd, master_dir.path()).unwrap();
+            (svc, format!("https://{addr}"))
+        })
+        .collect();
+    let elected = |url: &str| {
+        get_as_ops(&format!("{url}/metrics/snapshot"), Some(&ca.ca))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| v["master/elected"] == 1.0)
+    };
+    let mut leader = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            leader = masters.iter().position(|(_, url)| elected(url));
+            leader.is_some()
+        }),
+        "no master was elected:\n{}\n{}",
+        masters[0].0.log(),
+        masters[1].0.log()
+    );
+    let first = leader.unwrap();
+    let other = 1 - first;
+
+    // ZooKeeper's entries carry no scheme: `master_tls` says the masters serve HTTPS.
+    let (agent, _) = start_agent(
+        "agent",
+        agent_dir.path(),
+        &cgroups,
+        &zk_url,
+        Some(&agent_credential),
+        &format!("master_tls = true\nmaster_ca = {:?}\n", ca.ca),
+    );
+    let urls: Vec<String> = masters.iter().map(|(_, url)| url.clone()).collect();
+    let registered_with = |i: usize| {
+        slaves(&urls[i], Some(&ca.ca))
+            .iter()
+            .any(|s| s["active"] == true)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || registered_with(first)),
+        "the agent did not register with the TLS leader\nagent log:\n{}\nmaster log:\n{}",
+        agent.log(),
+        masters[first].0.log()
+    );
+
+    // The leader dies; the agent follows the new one, over TLS, with its credential.
+    masters[first].0.kill();
+    assert!(
+        wait_until(Duration::from_secs(60), || registered_with(other)),
+        "the agent did not follow the new TLS leader\nagent log:\n{}\nmaster log:\n{}",
+        agent.log(),
+        masters[other].0.log()
+    );
+    drop(agent);
+    masters.clear();
+    drop(zk);
 }
