@@ -527,4 +527,25 @@ fn a_registration_the_registry_file_cannot_store_is_refused_not_admitted() {
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.json()["agent_id"]["value"].as_str().unwrap().to_string();
     assert_eq!(agents_on_disk(dir.path())[&id]["hostname"], "after");
+    // The refused registration was undone: neither the file nor the master has it.
+    let hostnames = |agents: &[Value]| -> Vec<String> {
+        let mut h: Vec<String> = agents
+            .iter()
+            .filter_map(|a| a["hostname"].as_str().map(str::to_string))
+            .collect();
+        h.sort();
+        h
+    };
+    let on_disk: Vec<Value> = agents_on_disk(dir.path())
+        .as_object()
+        .unwrap()
+        .values()
+        .cloned()
+        .collect();
+    assert_eq!(hostnames(&on_disk), ["after", "stored"]);
+    let state = support::get(master.addr, "/state").json();
+    assert_eq!(
+        hostnames(state["slaves"].as_array().unwrap()),
+        ["after", "stored"]
+    );
 }

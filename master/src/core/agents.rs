@@ -183,6 +183,29 @@ impl Master {
         Ok(self.registered(&id))
     }
 
+    /// Undoes the registration of `id` whose admission could not be stored. Its REGISTER was
+    /// answered 503 and the agent registers again under a new id, so keeping this one would
+    /// leave an agent that never comes back, admitted in the registry once a later save
+    /// lands (Mesos admits an agent only once stored). Only a registration nothing has used
+    /// yet (no event stream, never re-registered) is undone.
+    pub fn forget_unstored_registration(&mut self, id: &AgentId) {
+        let unused = self
+            .agents
+            .get(id)
+            .is_some_and(|a| a.conn.is_none() && a.reregistered_time.is_none());
+        if !unused {
+            return;
+        }
+        let before = self.active_agents_watched();
+        self.agents.remove(id);
+        self.allocator.remove_agent(id);
+        if self.registry.agents.remove(&id.value).is_some() {
+            self.persist();
+        }
+        self.publish_removed_agents(before);
+        tracing::warn!(agent = %id, "registration refused: its admission could not be stored");
+    }
+
     fn reregister_agent(
         &mut self,
         id: AgentId,

@@ -457,6 +457,8 @@ async fn agent(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
             Err(e) => agent_error(&e),
         };
     }
+    // A first REGISTER (not a REREGISTER) refused for want of storage is undone.
+    let registering = call.kind == AgentCallType::Register;
     let (result, saved) = {
         let mut master = shared.lock();
         let result = master.handle_agent_call(call, now);
@@ -470,6 +472,9 @@ async fn agent(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
     shared.request_allocation();
     if let Some(saved) = saved {
         if let Err(e) = saved.wait().await {
+            if let (true, Ok(AgentReply::Registered(r))) = (registering, &result) {
+                shared.lock().forget_unstored_registration(&r.agent_id);
+            }
             return store_error(&e);
         }
     }
