@@ -253,10 +253,11 @@ impl RegistryStore for Registrar {
 /// the disk.
 pub fn file_store(file: FileRegistry, shared: crate::http::Shared) -> Registrar {
     let file = Arc::new(file);
+    // Weak: the master owns this writer's registrar, and the writer must end with it.
+    let master = shared.downgrade();
     Registrar::spawn(
         Box::new(move |counter: &AtomicU64| {
-            let master = shared.lock();
-            Some((counter.load(Ordering::SeqCst), master.registry.clone()))
+            master.with(|m| (counter.load(Ordering::SeqCst), m.registry.clone()))
         }),
         Box::new(move |registry| {
             let file = file.clone();
@@ -397,5 +398,33 @@ mod tests {
         std::fs::write(&path, b"{\"version\": 99}").unwrap();
         let err = FileRegistry::open(&path).unwrap_err().to_string();
         assert!(err.contains("version 99"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_file_writer_saves_for_its_master_and_ends_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        let (file, registry) = FileRegistry::open(&path).unwrap();
+        let master = crate::core::Master::new(crate::core::CoreConfig::default(), registry, None);
+        let shared = crate::http::Shared::new(master);
+        let writer = file_store(file, shared.clone());
+        shared.lock().set_store(Box::new(writer));
+        let saved = {
+            let mut m = shared.lock();
+            m.registry.weights.insert("analytics".into(), 2.0);
+            m.persist();
+            m.registry_saved()
+        };
+        saved.wait().await.unwrap();
+        let (_, on_disk) = FileRegistry::open(&path).unwrap();
+        assert_eq!(on_disk.weights.get("analytics"), Some(&2.0));
+        // The writer holds its master weakly: dropping the last handle frees the master (and
+        // with it the registrar, which ends the writer).
+        let weak = shared.downgrade();
+        drop(shared);
+        assert!(
+            weak.with(|_| ()).is_none(),
+            "the registry writer kept its master alive"
+        );
     }
 }

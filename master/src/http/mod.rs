@@ -12,7 +12,7 @@
 //! Routes that may have to authenticate carry [`auth`]'s middleware for their realm.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -52,6 +52,19 @@ pub struct Shared {
     auth: Arc<auth::Authenticator>,
     /// The scheme of redirects to the leader: `https` when the masters serve TLS.
     scheme: &'static str,
+}
+
+/// The master of a [`Shared`], without keeping it alive ([`Shared::downgrade`]).
+#[derive(Debug, Clone)]
+pub struct WeakMaster(Weak<Mutex<Master>>);
+
+impl WeakMaster {
+    /// Runs `f` on the master, or returns `None` once it is gone.
+    pub fn with<T>(&self, f: impl FnOnce(&Master) -> T) -> Option<T> {
+        let master = self.0.upgrade()?;
+        let guard = master.lock().unwrap_or_else(|e| e.into_inner());
+        Some(f(&guard))
+    }
 }
 
 /// Shortest time between two event-driven allocation cycles. Calls arriving meanwhile are
@@ -132,6 +145,12 @@ impl Shared {
     /// was at the panic, which is still the best state there is.
     pub fn lock(&self) -> MutexGuard<'_, Master> {
         self.master.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A handle that does not keep the master alive, for tasks the master owns (its registry
+    /// writer): holding a [`Shared`] there would keep the master, and so the task, forever.
+    pub fn downgrade(&self) -> WeakMaster {
+        WeakMaster(Arc::downgrade(&self.master))
     }
 
     /// Ends every subscriber stream ([`Master::close_subscribers`]), so a graceful
