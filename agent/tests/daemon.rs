@@ -1276,3 +1276,83 @@ fn bad_image_settings_fail_the_start_naming_them() {
         assert!(stderr.contains(key), "{file}: {stderr}");
     }
 }
+
+#[test]
+fn after_a_host_reboot_the_agent_registers_as_a_new_agent_without_the_old_tasks() {
+    if !require_root("daemon_reboot") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut setup = Setup::new("reboot", "");
+    let (driver, image, work) = (
+        setup.driver.clone(),
+        setup.image.clone(),
+        setup.work.clone(),
+    );
+    launch(
+        &driver,
+        vec![task("before-reboot", &image, "sleep 3600", 16.0)],
+    );
+    driver.wait_for("RUNNING", Duration::from_secs(60), |d| {
+        d.latest("before-reboot") == Some(TaskState::Running)
+    });
+    let container = container_of(&driver, "before-reboot");
+    let record: serde_json::Value = serde_json::from_slice(
+        &fs::read(work.join(format!("meta/containers/{container}/container.json"))).unwrap(),
+    )
+    .unwrap();
+
+    // A reboot, as the agent sees it: it stopped, every process of the last boot is gone,
+    // and `/proc/sys/kernel/random/boot_id` differs from the one in its checkpoint.
+    assert!(setup.agent.terminate().success(), "{}", setup.log());
+    for who in ["supervisor", "init"] {
+        let pid = record[who]["pid"].as_i64().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let agent_file = work.join("meta/agent.json");
+    let mut checkpoint: serde_json::Value =
+        serde_json::from_slice(&fs::read(&agent_file).unwrap()).unwrap();
+    checkpoint["boot_id"] = "a-previous-boot".into();
+    fs::write(&agent_file, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+    let registrations = driver.state.lock().unwrap().registrations.len();
+    let updates = driver.distinct()["before-reboot"].len();
+    driver.forget_stream();
+    setup.restart();
+
+    driver.wait_for("a registration", Duration::from_secs(30), |d| {
+        d.state.lock().unwrap().registrations.len() > registrations
+    });
+    let (kind, id, tasks) = driver
+        .state
+        .lock()
+        .unwrap()
+        .registrations
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (kind, id, tasks),
+        (AgentCallType::Register, None, 0),
+        "after a reboot the agent must register anew, without an id or tasks: {}",
+        setup.log()
+    );
+    assert!(
+        setup.log().contains("the host rebooted since the last run"),
+        "{}",
+        setup.log()
+    );
+    // The old boot's task is not reported again, nor listed.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(driver.distinct()["before-reboot"].len(), updates);
+    let state = setup.state();
+    assert!(
+        !state.to_string().contains("before-reboot"),
+        "the old boot's task is still listed: {state}"
+    );
+    assert!(!work.join(format!("meta/containers/{container}")).exists());
+}
