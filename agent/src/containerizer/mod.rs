@@ -627,7 +627,7 @@ impl Inner {
             Persist::MemoryOnly,
         );
         let rootfs = record.bundle.join(provision::ROOTFS_DIR);
-        bundle::render(&bundle::BundleInput {
+        let rendered = bundle::render(&bundle::BundleInput {
             id,
             task_id: &request.task_id,
             image: image_config.as_ref(),
@@ -640,7 +640,18 @@ impl Inner {
             env: &request.env,
             preparation: &preparation,
             cgroup: &cgroup,
-        })?;
+        });
+        if let Err(t) = rendered {
+            // The rootfs is read through the supervisor: without it, "command not found"
+            // would blame the task for the supervisor's death.
+            if !prepared.supervisor.is_alive() {
+                return Err(Termination::launch_failed(
+                    "the container's supervisor exited while the bundle was rendered \
+                     (see supervisor.log in the sandbox)",
+                ));
+            }
+            return Err(t);
+        }
         // Isolating: the supervisor creates the init; isolators place it before it runs.
         self.transition(id, ContainerState::Isolating);
         let pending = prepared
