@@ -533,6 +533,49 @@ fn an_agent_follows_tls_masters_elected_in_zookeeper() {
         masters[first].0.log()
     );
 
+    // An agent given both masters, the one that does not lead first: it follows that one's
+    // redirect to the leader keeping its credential (an HTTP client that follows redirects
+    // itself drops the Authorization header on the way to another host, and the leader then
+    // refuses the agent as if its credential were wrong).
+    let addrs: Vec<&str> = urls
+        .iter()
+        .map(|u| u.trim_start_matches("https://"))
+        .collect();
+    let (listed, _) = start_agent(
+        "listed",
+        agent_dir.path(),
+        &cgroups,
+        &format!("https://{},https://{}", addrs[other], addrs[first]),
+        Some(&agent_credential),
+        &format!(
+            "master_ca = {:?}
+",
+            ca.ca
+        ),
+    );
+    let active_agents = |i: usize| {
+        slaves(&urls[i], Some(&ca.ca))
+            .iter()
+            .filter(|s| s["active"] == true)
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || active_agents(first) == 2),
+        "the agent given a list of masters did not register with the leader\nagent log:\n{}",
+        listed.log()
+    );
+    assert!(
+        !listed.log().contains("rejected the agent's credential"),
+        "the credential was lost on the redirect:\n{}",
+        listed.log()
+    );
+    assert!(
+        listed.log().contains("following its redirect"),
+        "{}",
+        listed.log()
+    );
+    drop(listed);
+
     // The leader dies; the agent follows the new one, over TLS, with its credential.
     masters[first].0.kill();
     assert!(

@@ -69,6 +69,9 @@ pub struct LinkConfig {
     pub tls: Option<MasterTls>,
 }
 
+/// Redirects followed one after another before the link backs off.
+const MAX_REDIRECTS: u32 = 3;
+
 /// The longest delay between registration attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Mesos's `STATUS_UPDATE_RETRY_INTERVAL_MAX` (its `_MIN`, 10 s, is the default of
@@ -92,6 +95,9 @@ enum SessionError {
         principal: Option<String>,
         body: String,
     },
+    /// `307`/`308`: this master does not lead; the leader is at `to` (`host:port`).
+    #[error("{call}: this master does not lead; it redirects to {to}")]
+    Redirected { call: &'static str, to: String },
     #[error("{call}: master answered {status}: {body}")]
     Refused {
         call: &'static str,
@@ -196,6 +202,24 @@ impl Masters {
     }
 }
 
+/// The `host:port` a redirect from `master` points to (its `Location` may be absolute or,
+/// as Mesos's are, scheme-relative: `//host:port/path`).
+fn redirect_target(scheme: &str, master: &str, resp: &reqwest::Response) -> Option<String> {
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    let base = reqwest::Url::parse(&format!("{scheme}://{master}/")).ok()?;
+    let url = base.join(location).ok()?;
+    // `host_str` keeps an IPv6 address's brackets.
+    Some(format!(
+        "{}:{}",
+        url.host_str()?,
+        url.port_or_known_default()?
+    ))
+}
+
 /// Resolves once the leader `leader` names is no longer `master`; never without a watch.
 async fn leader_moved(leader: Option<watch::Receiver<Option<MasterInfo>>>, master: &str) {
     let Some(mut leader) = leader else {
@@ -238,18 +262,33 @@ pub async fn run(
         config,
     };
     let mut backoff = link.config.registration_backoff;
+    // Where a non-leading master's redirect points, tried next without waiting; a chain of
+    // redirects longer than MAX_REDIRECTS (masters disagreeing) waits like any failure.
+    let mut redirected: Option<String> = None;
+    let mut hops = 0;
     while !*shutdown.borrow() {
-        let Some(master) = masters.next(&mut shutdown).await else {
-            break;
+        let master = match redirected.take() {
+            Some(leader) => leader,
+            None => match masters.next(&mut shutdown).await {
+                Some(m) => m,
+                None => break,
+            },
         };
         match link.session(&master, &mut shutdown, masters.leader()).await {
             Ok(true) => backoff = link.config.registration_backoff,
             Ok(false) => {}
+            Err(SessionError::Redirected { to, .. }) if hops < MAX_REDIRECTS => {
+                tracing::info!(%master, leader = %to, "not the leading master: following its redirect");
+                hops += 1;
+                redirected = Some(to);
+                continue;
+            }
             Err(e @ SessionError::Unauthorized { .. }) => {
                 tracing::error!(%master, "master session ended: {e}; retrying in {backoff:?}");
             }
             Err(e) => tracing::warn!(%master, "master session ended: {e}"),
         }
+        hops = 0;
         if *shutdown.borrow() {
             break;
         }
@@ -271,7 +310,12 @@ struct MasterClient {
 
 impl MasterClient {
     fn new(config: &LinkConfig) -> Result<Self, reqwest::Error> {
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        // Redirects are followed by the session loop, not by reqwest: reqwest drops the
+        // Authorization header on a redirect to another host, and the leader would then
+        // refuse the agent as if its credential were wrong.
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(tls) = &config.tls {
             builder = builder.https_only(true);
             if !tls.ca.is_empty() {
@@ -313,6 +357,11 @@ impl MasterClient {
             request = request.basic_auth(principal, Some(secret));
         }
         let resp = request.send().await?;
+        if resp.status().is_redirection() {
+            if let Some(to) = redirect_target(self.scheme, master, &resp) {
+                return Err(SessionError::Redirected { call: name, to });
+            }
+        }
         if !resp.status().is_success() {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
