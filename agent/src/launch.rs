@@ -126,6 +126,9 @@ pub fn run(args: &LaunchArgs) -> anyhow::Result<i32> {
             let at = start.elapsed().as_secs_f64();
             match event {
                 Event::Container { state, .. } => println!("{at:7.3}s container {state}"),
+                Event::DestroyFailed { message, .. } => {
+                    println!("{at:7.3}s destroy failed: {message}");
+                }
                 Event::Task {
                     state,
                     reason,

@@ -445,3 +445,48 @@ fn root_filesystems_are_mounted_only_in_their_supervisors_namespace_needs_root()
     }
     fx.assert_clean();
 }
+
+#[test]
+fn a_destroy_step_that_fails_is_reported_and_the_task_still_ends_needs_root() {
+    let Some(fx) = fixture("destroyfail") else {
+        return;
+    };
+    if !cairn_testsupport::require_command("destroyfail", "chattr") {
+        return;
+    }
+    let (c, _) = fx.start();
+    let events = c.subscribe();
+    let id = c.launch(&fx.request("stuck", 32.0, shell("sleep 1")));
+    // An immutable file in the bundle: removing the bundle fails, even for root.
+    let bundle = c.record(&id).unwrap().bundle;
+    let stuck = bundle.join("stuck");
+    fs::write(&stuck, b"").unwrap();
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&stuck)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        println!("destroyfail: skipped (this filesystem has no immutable files)");
+        let _ = c.kill(&id, Duration::from_millis(100));
+        let _ = c.wait(&id);
+        return;
+    }
+    let t = c.wait(&id).unwrap();
+    assert!(chattr("-i"));
+    assert_state(&t, TaskState::Finished, None);
+    let failure = events.try_iter().find_map(|e| match e {
+        cairn_agent::containerizer::Event::DestroyFailed {
+            container, message, ..
+        } if container == id => Some(message),
+        _ => None,
+    });
+    let failure = failure.expect("no DestroyFailed event");
+    assert!(failure.contains("rootfs teardown"), "{failure}");
+    assert!(failure.contains(&bundle.display().to_string()), "{failure}");
+    fs::remove_dir_all(&bundle).unwrap();
+    c.forget(&id).unwrap();
+    fx.assert_clean();
+}

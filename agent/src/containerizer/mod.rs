@@ -856,22 +856,36 @@ impl Inner {
             // No supervisor to reap it: kill whatever is left of the container.
             self.signal(id, Signal::SIGKILL);
         }
+        let mut failed: Vec<String> = Vec::new();
         match self.runtime.load(id.as_str()) {
             Ok(container) => {
                 if let Err(e) = container.delete(true) {
                     tracing::warn!(container = %id, error = %e, "runtime delete failed");
+                    failed.push(format!("runtime delete: {e}"));
                 }
             }
             Err(RuntimeError::NotFound(_)) => {}
-            Err(e) => tracing::warn!(container = %id, error = %e, "runtime load failed"),
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "runtime load failed");
+                failed.push(format!("runtime load: {e}"));
+            }
         }
         for iso in self.isolators.iter().rev() {
             if let Err(e) = iso.cleanup(id) {
                 tracing::warn!(container = %id, isolator = iso.name(), error = %e, "cleanup failed");
+                failed.push(format!("{} cleanup: {e}", iso.name()));
             }
         }
         if let Err(e) = provision::teardown(&record.bundle) {
             tracing::warn!(container = %id, error = %e, "rootfs teardown failed");
+            failed.push(format!("rootfs teardown: {e}"));
+        }
+        if !failed.is_empty() {
+            self.emit(&Event::DestroyFailed {
+                container: id.clone(),
+                task: record.task_id.clone(),
+                message: failed.join("; "),
+            });
         }
         self.update(id, |r| r.termination = Some(termination.clone()));
         self.emit_task(id, &record.task_id, &termination);

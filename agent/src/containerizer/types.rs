@@ -120,6 +120,14 @@ pub enum Event {
         reason: Option<Reason>,
         message: String,
     },
+    /// A step of destroying the container failed (it is logged too); the task's status is
+    /// unaffected, but something may be left on the node: a cgroup, a mount, a directory.
+    DestroyFailed {
+        container: ContainerId,
+        task: TaskId,
+        /// Each failed step and why.
+        message: String,
+    },
 }
 
 /// Why the containerizer itself (not one task) failed.

@@ -33,6 +33,7 @@ pub struct AgentMetrics {
     launch_seconds: Histogram,
     terminations: CounterVec,
     launch_errors: Counter,
+    destroy_errors: Counter,
 }
 
 impl AgentMetrics {
@@ -60,6 +61,12 @@ impl AgentMetrics {
             "cairn_agent_container_launch_errors_total",
             "Containers whose launch failed (REASON_CONTAINER_LAUNCH_FAILED)",
         )?;
+        let destroy_errors = Counter::new(
+            "cairn_agent_container_destroy_errors_total",
+            "Containers whose destruction failed in a step (see the agent's log): something \
+             may be left behind",
+        )?;
+        registry.register(Box::new(destroy_errors.clone()))?;
         registry.register(Box::new(launch_seconds.clone()))?;
         registry.register(Box::new(terminations.clone()))?;
         registry.register(Box::new(launch_errors.clone()))?;
@@ -68,6 +75,7 @@ impl AgentMetrics {
             launch_seconds,
             terminations,
             launch_errors,
+            destroy_errors,
         })
     }
 
@@ -118,6 +126,7 @@ impl AgentMetrics {
                     self.launch_errors.inc();
                 }
             }
+            Event::DestroyFailed { .. } => self.destroy_errors.inc(),
             Event::Container { .. } | Event::Task { .. } => {}
         }
     }
@@ -219,7 +228,10 @@ pub fn snapshot(metrics: &AgentMetrics, s: &Sample<'_>) -> BTreeMap<String, f64>
     put("slave/uptime_secs", s.uptime());
     put("slave/recovery_errors", s.info.recovery.quarantined as f64);
     put("slave/container_launch_errors", metrics.launch_errors.get());
-    put("containerizer/mesos/container_destroy_errors", 0.0);
+    put(
+        "containerizer/mesos/container_destroy_errors",
+        metrics.destroy_errors.get(),
+    );
     m
 }
 
