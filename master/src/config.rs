@@ -11,6 +11,12 @@ use crate::core::CoreConfig;
 use crate::credentials::{AuthConfig, Credentials};
 use crate::election::{ZkConfig, ZkUrl};
 
+/// `subscriber_queue`'s default: a memory bound only. A stalled subscriber is found by time
+/// ([`crate::core::STALLED_AFTER`]); a count low enough to find it sooner cut off healthy
+/// frameworks reading the reconciliation burst of a failover (thousands of updates at once),
+/// and they could never re-subscribe.
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 100_000;
+
 /// Settings in the config file; every key is optional. Unknown keys are refused, naming
 /// the key.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -216,7 +222,7 @@ impl FileConfig {
             std::net::IpAddr::V4(ip) if !ip.is_unspecified() => ip,
             _ => Ipv4Addr::LOCALHOST,
         });
-        let subscriber_queue = self.subscriber_queue.unwrap_or(1000);
+        let subscriber_queue = self.subscriber_queue.unwrap_or(DEFAULT_SUBSCRIBER_QUEUE);
         if subscriber_queue == 0 {
             return Err(ConfigError::Invalid {
                 key: "subscriber_queue",

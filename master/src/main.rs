@@ -57,7 +57,8 @@ struct Args {
     /// Seconds between periodic allocation cycles [default: 1].
     #[arg(long, env = "CAIRN_ALLOCATION_INTERVAL_SECS")]
     allocation_interval_secs: Option<f64>,
-    /// Events queued per subscriber before a stalled subscriber is disconnected [default: 1000].
+    /// Most events queued for one subscriber (a memory bound; a subscriber that takes no
+    /// queued event for 30 s is disconnected sooner) [default: 100000].
     #[arg(long, env = "CAIRN_SUBSCRIBER_QUEUE")]
     subscriber_queue: Option<usize>,
     /// ZooKeeper for HA: zk://[user:password@]host:port[,host:port...]/path [default: standalone].

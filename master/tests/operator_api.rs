@@ -83,7 +83,11 @@ fn get_flags_and_get_metrics_answer_in_mesos_shape() {
     assert_eq!(r["type"], "GET_FLAGS", "{r}");
     let flags = &r["get_flags"]["flags"];
     assert_eq!(flag(flags, "agent_timeout_secs")["value"], "42", "{flags}");
-    assert_eq!(flag(flags, "subscriber_queue")["value"], "1000", "{flags}");
+    assert_eq!(
+        flag(flags, "subscriber_queue")["value"],
+        "100000",
+        "{flags}"
+    );
 
     let r = operator(
         m.addr,

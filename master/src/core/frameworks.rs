@@ -11,7 +11,6 @@ use cairn_api::v1::master;
 use cairn_api::v1::mesos::{FrameworkInfo, TaskStatus};
 use cairn_api::v1::scheduler::{Call, CallType, Event, Subscribe, Subscribed, UpdateFramework};
 use cairn_api::{AgentId, FrameworkId, Reason, Source, TaskState};
-use tokio::sync::mpsc;
 
 use super::{wall_seconds, Master, Outbox};
 
@@ -62,7 +61,7 @@ pub enum SchedulerError {
 pub struct NewSubscription {
     pub framework_id: FrameworkId,
     pub stream_id: String,
-    pub events: mpsc::Receiver<Event>,
+    pub events: super::Inbox<Event>,
 }
 
 fn validate_role(role: &str) -> Result<(), String> {

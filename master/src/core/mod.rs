@@ -14,6 +14,8 @@ pub mod validation;
 pub mod views;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_api::protocol::AgentEvent;
@@ -69,7 +71,7 @@ impl Default for CoreConfig {
             agent_timeout: Duration::from_secs(75),
             agent_reregister_timeout: Duration::from_secs(600),
             offer_timeout: None,
-            subscriber_queue: 1000,
+            subscriber_queue: crate::config::DEFAULT_SUBSCRIBER_QUEUE,
             max_completed_tasks: 1000,
             max_completed_frameworks: 50,
             hostname: "localhost".into(),
@@ -131,21 +133,106 @@ pub struct Counters {
     pub messages_agent_calls: u64,
 }
 
-/// A bounded event queue to one subscriber.
+/// How long queued events may wait without the subscriber taking any before it counts as
+/// stalled and is disconnected (MESOS-7748). A busy but healthy subscriber (a framework
+/// reading a reconciliation burst of thousands of updates after a failover) keeps taking
+/// events and is never cut off for the burst's size; one whose connection stopped moving is
+/// found within this time, whatever the event rate.
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
+
+/// When a subscriber's reader was last caught up or took events.
+#[derive(Debug)]
+struct Progress {
+    base: Instant,
+    at_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        self.base
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.at_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// An event queue to one subscriber: at most `capacity` events (the memory bound), and
+/// never events waiting longer than [`STALLED_AFTER`] for a reader that takes none.
 #[derive(Debug)]
 pub struct Outbox<E> {
     tx: mpsc::Sender<E>,
+    progress: Arc<Progress>,
+    stalled_after: Duration,
+}
+
+/// The receiving end of an [`Outbox`]; taking events tells the outbox the reader moves.
+#[derive(Debug)]
+pub struct Inbox<E> {
+    rx: mpsc::Receiver<E>,
+    progress: Arc<Progress>,
+}
+
+impl<E> Inbox<E> {
+    /// The next event; `None` once the outbox is dropped.
+    pub async fn recv(&mut self) -> Option<E> {
+        let event = self.rx.recv().await;
+        self.progress.touch();
+        event
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<E> {
+        let event = self.rx.try_recv().ok();
+        if event.is_some() {
+            self.progress.touch();
+        }
+        event
+    }
 }
 
 impl<E> Outbox<E> {
     /// A queue holding up to `capacity` events, and its receiving end.
-    pub fn bounded(capacity: usize) -> (Self, mpsc::Receiver<E>) {
+    pub fn bounded(capacity: usize) -> (Self, Inbox<E>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (Self { tx }, rx)
+        let progress = Arc::new(Progress::new());
+        (
+            Self {
+                tx,
+                progress: progress.clone(),
+                stalled_after: STALLED_AFTER,
+            },
+            Inbox { rx, progress },
+        )
     }
 
-    /// Queues `event`; false when the subscriber is gone or stalled (queue full).
+    /// The same with a shorter stall time, for tests.
+    #[cfg(test)]
+    fn stalling_after(mut self, after: Duration) -> Self {
+        self.stalled_after = after;
+        self
+    }
+
+    /// Queues `event`; false when the subscriber is gone or stalled (its queue full, or
+    /// events waiting longer than [`STALLED_AFTER`] without the reader taking any).
     pub fn send(&self, event: E) -> bool {
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        if queued == 0 {
+            // The reader is caught up: the wait of the events from now on starts here.
+            self.progress.touch();
+        } else if self.progress.idle() > self.stalled_after {
+            return false;
+        }
         self.tx.try_send(event).is_ok()
     }
 

@@ -10,7 +10,6 @@ use std::time::Instant;
 use cairn_api::protocol::AgentCall;
 use cairn_api::v1::master as op;
 use cairn_api::{AgentId, FrameworkId, TaskId, TaskState};
-use tokio::sync::mpsc;
 
 use super::agents::{AgentError, AgentHealth, AgentReply};
 use super::views::task_view;
@@ -19,7 +18,7 @@ use super::{Master, Outbox};
 impl Master {
     /// SUBSCRIBE from an operator: a stream that starts with SUBSCRIBED (the state now, and
     /// the heartbeat interval) and a HEARTBEAT, then follows every change.
-    pub fn operator_subscribe(&mut self) -> mpsc::Receiver<op::Event> {
+    pub fn operator_subscribe(&mut self) -> super::Inbox<op::Event> {
         let (outbox, events) = Outbox::bounded(self.cfg.subscriber_queue);
         let interval = self.cfg.framework_heartbeat.as_secs_f64();
         outbox.send(op::Event::subscribed(self.get_state(), interval));

@@ -139,6 +139,40 @@ fn launch_update_ack_flow_and_validation() {
 }
 
 #[test]
+fn a_burst_far_larger_than_a_heartbeat_is_queued_for_a_reader_that_moves() {
+    // A reconciliation burst after a failover: thousands of updates queued at once for a
+    // framework that reads them. It is not cut off for the burst's size.
+    let (outbox, mut inbox) = Outbox::bounded(100_000);
+    assert!((0..20_000).all(|i| outbox.send(i)));
+    assert_eq!(inbox.try_recv(), Some(0));
+}
+
+#[test]
+fn events_waiting_for_a_reader_that_takes_none_stall_the_subscriber() {
+    let (outbox, mut inbox) = Outbox::bounded(100);
+    let outbox = outbox.stalling_after(Duration::from_millis(50));
+    assert!(outbox.send(1));
+    assert!(outbox.send(2));
+    // The reader takes one now and then: never stalled, however long the queue waits.
+    for i in 3..8 {
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(inbox.try_recv().is_some());
+        assert!(outbox.send(i), "event {i}");
+    }
+    // It stops taking any: past the stall time the next event is refused.
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(!outbox.send(99));
+    // An idle subscriber with an empty queue is not stalled by a first event after a pause.
+    let (idle, mut idle_inbox) = Outbox::bounded(100);
+    let idle = idle.stalling_after(Duration::from_millis(50));
+    assert!(idle.send(1));
+    assert_eq!(idle_inbox.try_recv(), Some(1));
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(idle.send(2));
+    assert!(idle.send(3));
+}
+
+#[test]
 fn stalled_subscriber_is_disconnected_not_buffered() {
     let now = Instant::now();
     let mut m = Master::new(

@@ -19,7 +19,7 @@ impl<F: FnMut()> Drop for CloseGuard<F> {
 
 /// A chunked body of RecordIO-framed JSON events from `rx`.
 pub(super) fn event_stream<E: Serialize + Send + 'static>(
-    mut rx: mpsc::Receiver<E>,
+    mut rx: crate::core::Inbox<E>,
     on_close: impl FnMut() + Send + 'static,
 ) -> Body {
     let guard = CloseGuard(on_close);
@@ -39,7 +39,7 @@ pub(super) fn event_stream<E: Serialize + Send + 'static>(
             let mut frame = Vec::new();
             append_record(&mut frame, &event);
             while frame.len() < MAX_FRAME {
-                let Ok(event) = rx.try_recv() else { break };
+                let Some(event) = rx.try_recv() else { break };
                 append_record(&mut frame, &event);
             }
             if frame.is_empty() {
@@ -111,9 +111,9 @@ mod tests {
 
     #[tokio::test]
     async fn queued_events_leave_in_one_chunk_in_order_and_the_end_is_reported() {
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = crate::core::Outbox::bounded(8);
         for n in 0..3 {
-            tx.try_send(json!({"n": n})).unwrap();
+            assert!(tx.send(json!({"n": n})));
         }
         drop(tx);
         let closed = Arc::new(AtomicBool::new(false));
