@@ -17,16 +17,11 @@ use cairn_testsupport::{free_port, wait_until, Service, ServiceDir};
 use serde_json::{json, Value};
 
 fn master_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-master");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "cairn-master"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "building cairn-master");
-    }
-    bin
+    cairn_testsupport::bins::sibling_binary(
+        env!("CARGO_BIN_EXE_cairn"),
+        "cairn-master",
+        "cairn-master",
+    )
 }
 
 struct Master {
@@ -260,12 +255,7 @@ fn cairn(master: &str, args: &[&str]) -> Output {
 }
 
 fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    cairn_testsupport::bins::show_output(o)
 }
 
 #[test]

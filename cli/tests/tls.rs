@@ -12,16 +12,11 @@ use cairn_testsupport::tls::TestCa;
 use cairn_testsupport::{free_port, require_command, wait_until, Service, ServiceDir};
 
 fn master_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-master");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "cairn-master"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "building cairn-master");
-    }
-    bin
+    cairn_testsupport::bins::sibling_binary(
+        env!("CARGO_BIN_EXE_cairn"),
+        "cairn-master",
+        "cairn-master",
+    )
 }
 
 fn cairn(master: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -37,12 +32,7 @@ fn cairn(master: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    cairn_testsupport::bins::show_output(o)
 }
 
 #[test]

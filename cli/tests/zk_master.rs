@@ -12,16 +12,11 @@ use cairn_testsupport::{free_port, wait_until, Service, ServiceDir};
 use serde_json::Value;
 
 fn master_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-master");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "cairn-master"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "building cairn-master");
-    }
-    bin
+    cairn_testsupport::bins::sibling_binary(
+        env!("CARGO_BIN_EXE_cairn"),
+        "cairn-master",
+        "cairn-master",
+    )
 }
 
 fn cairn(master: &str, args: &[&str]) -> Output {

@@ -10,6 +10,7 @@
 //! get a green unit-test run, while CI (root, everything installed by `scripts/setup`) runs all.
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
+pub mod bins;
 pub mod cgroups;
 pub mod images;
 pub mod netns;

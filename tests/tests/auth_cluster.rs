@@ -23,17 +23,7 @@ use serde_json::Value;
 
 /// Where cargo put the binaries (`CARGO_TARGET_DIR`, else the workspace's `target`).
 fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    let path = target.join("debug").join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build -p cairn-master -p cairn-agent -p cairn-cli` first",
-        path.display()
-    );
-    path
+    cairn_testsupport::bins::workspace_binary(name)
 }
 
 /// GET `url` with HTTP Basic `ops` credentials, trusting `ca` for HTTPS; the body of a 200,
@@ -107,12 +97,7 @@ fn start_agent(
 }
 
 fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    cairn_testsupport::bins::show_output(o)
 }
 
 #[test]

@@ -28,17 +28,7 @@ use serde_json::Value;
 
 /// Where cargo put the binaries (`CARGO_TARGET_DIR`, else the workspace's `target`).
 fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    let path = target.join("debug").join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build -p cairn-master -p cairn-agent` first",
-        path.display()
-    );
-    path
+    cairn_testsupport::bins::workspace_binary(name)
 }
 
 fn venv_python() -> Option<PathBuf> {
